@@ -1,0 +1,272 @@
+//! Wiring: binds the sockets, spawns every task under one cancellation tree, publishes
+//! snapshots, and drains on shutdown.
+//!
+//! This module owns the one writer of the published snapshot: the publish task turns
+//! each new source state into a snapshot and swaps it in.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::dns::index::{Readiness, ReplySettings};
+use crate::dns::server::{BoundDns, TcpLimits};
+use crate::metrics::Metrics;
+use crate::snapshot::{SharedSnapshot, Snapshot, SnapshotBuilder, SnapshotSettings};
+use crate::source::file::{FileSourceState, spawn_file_source};
+use crate::source::watch::WatchSettings;
+use crate::view::{ClusterInput, ClusterState};
+
+/// Knobs tests and the demo set; production uses the defaults.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub clock: Arc<dyn Clock>,
+    pub watch: WatchSettings,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            watch: WatchSettings::default(),
+        }
+    }
+}
+
+/// A running peer.
+pub struct App {
+    pub dns_addrs: Vec<SocketAddr>,
+    pub ops_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    snapshot: SharedSnapshot,
+    generation: watch::Receiver<u64>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+const WAITING_FOR_SOURCE: &str = "the first full read of every services file";
+
+impl App {
+    /// Binds every listener (failing fast on a taken address) and starts serving.
+    pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Self> {
+        let cancel = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let mut builder = SnapshotBuilder::new(SnapshotSettings::from_config(&config));
+        let initial = builder.next(
+            &BTreeMap::new(),
+            Readiness::NotReady,
+            vec![WAITING_FOR_SOURCE.into()],
+            options.clock.unix_seconds(),
+        );
+        let (generation_tx, generation) = watch::channel(initial.generation);
+        let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(initial));
+
+        let dns = BoundDns::bind(&config.dns.listen).await?;
+        let dns_addrs = dns.local_addrs();
+        let mut tasks = JoinSet::new();
+        dns.spawn(
+            snapshot.clone(),
+            ReplySettings {
+                max_udp_payload: config.dns.max_udp_payload,
+            },
+            TcpLimits {
+                idle_timeout: config.dns.tcp_idle_timeout,
+                max_connections: config.dns.max_tcp_connections,
+                max_per_client: config.dns.max_tcp_per_client,
+            },
+            metrics.clone(),
+            cancel.clone(),
+            &mut tasks,
+        );
+
+        let ops_addr = match config.ops_listen {
+            Some(addr) => {
+                let (bound, serve) =
+                    crate::ops::bind(addr, snapshot.clone(), metrics.clone(), cancel.clone())
+                        .await
+                        .context("starting the ops listener")?;
+                tasks.spawn(serve);
+                Some(bound)
+            }
+            None => None,
+        };
+
+        let source = spawn_file_source(
+            config.source.files(&config.cluster),
+            options.watch.clone(),
+            cancel.child_token(),
+        );
+        tasks.spawn(publish_loop(
+            source,
+            builder,
+            snapshot.clone(),
+            generation_tx,
+            metrics.clone(),
+            options.clock.clone(),
+            cancel.clone(),
+        ));
+        tracing::info!(dns = ?dns_addrs, ops = ?ops_addr, cluster = %config.cluster, zone = %config.zone.as_str(), "fleetdns serving");
+        Ok(Self {
+            dns_addrs,
+            ops_addr,
+            metrics,
+            snapshot,
+            generation,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// The snapshot answering right now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Waits until a snapshot satisfying `pred` is published.
+    pub async fn wait_for(&self, mut pred: impl FnMut(&Snapshot) -> bool) {
+        let mut rx = self.generation.clone();
+        loop {
+            if pred(&self.snapshot.load()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A token that stops the app when cancelled (e.g. from a signal handler).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stops every task and waits for them: UDP loops stop, TCP connections finish the
+    /// query in hand.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "task panicked");
+            }
+        }
+    }
+
+    /// Runs until the token is cancelled, then drains.
+    pub async fn run_until_cancelled(self) {
+        self.cancel.cancelled().await;
+        self.shutdown().await;
+    }
+}
+
+async fn publish_loop(
+    mut source: watch::Receiver<FileSourceState>,
+    mut builder: SnapshotBuilder,
+    snapshot: SharedSnapshot,
+    generation: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    cancel: CancellationToken,
+) {
+    metrics.set_ready(false);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = source.changed() => if changed.is_err() { return },
+        }
+        let Some(clusters) = source.borrow_and_update().clone() else {
+            continue;
+        };
+        let inputs: BTreeMap<_, _> = clusters
+            .into_iter()
+            .map(|(id, exports)| {
+                (
+                    id,
+                    ClusterInput {
+                        exports,
+                        state: ClusterState::Live,
+                    },
+                )
+            })
+            .collect();
+        let next = builder.next(&inputs, Readiness::Ready, Vec::new(), clock.unix_seconds());
+        let per_cluster: Vec<(String, u64)> = next
+            .view
+            .clusters
+            .iter()
+            .map(|(id, c)| (id.to_string(), c.services.len() as u64))
+            .collect();
+        metrics.set_view(next.generation, &per_cluster);
+        metrics.set_ready(true);
+        tracing::info!(
+            generation = next.generation,
+            serial = next.serial,
+            names = next.index.name_count(),
+            "published snapshot"
+        );
+        let g = next.generation;
+        snapshot.store(Arc::new(next));
+        generation.send_replace(g);
+    }
+}
+
+/// What `fleetdns check` reports about a valid config.
+#[derive(Debug)]
+pub struct CheckSummary {
+    pub cluster: String,
+    pub zone: String,
+    pub lines: Vec<String>,
+}
+
+/// Loads every services file a config names, as the file source would.
+fn load_all(config: &Config) -> anyhow::Result<BTreeMap<crate::model::ClusterId, ClusterInput>> {
+    let mut inputs = BTreeMap::new();
+    for (cluster, path) in config.source.files(&config.cluster) {
+        let exports = crate::source::file::load_services_file(&path, &cluster)?;
+        inputs.insert(
+            cluster,
+            ClusterInput {
+                exports: Arc::new(exports),
+                state: ClusterState::Live,
+            },
+        );
+    }
+    Ok(inputs)
+}
+
+/// `fleetdns check`: validates the config and every services file it names.
+pub fn check(path: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, CheckSummary)> {
+    let config = Config::load(path)?;
+    let inputs = load_all(&config)?;
+    let lines = inputs
+        .iter()
+        .map(|(id, input)| format!("cluster {id}: {} services", input.exports.services.len()))
+        .collect();
+    Ok((
+        path.to_path_buf(),
+        CheckSummary {
+            cluster: config.cluster.to_string(),
+            zone: config.zone.as_str().to_string(),
+            lines,
+        },
+    ))
+}
+
+/// `fleetdns dump-zone`: the zone this config serves, as an RFC 1035 zone file.
+pub fn dump_zone(path: &std::path::Path) -> anyhow::Result<String> {
+    let config = Config::load(path)?;
+    let inputs = load_all(&config)?;
+    let builder = SnapshotBuilder::new(SnapshotSettings::from_config(&config));
+    let view = builder.view(&inputs);
+    let serial = u32::try_from(SystemClock.unix_seconds()).unwrap_or(u32::MAX);
+    let zone = builder.zone(&view, serial);
+    Ok(zone.to_zone_file())
+}

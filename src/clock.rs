@@ -1,0 +1,23 @@
+//! The injectable wall clock.
+//!
+//! Durations and timers use `tokio::time` (so tests can pause them); wall-clock values
+//! such as the SOA serial come from a [`Clock`], so a test can set them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Seconds since the Unix epoch.
+    fn unix_seconds(&self) -> u64;
+}
+
+/// The system's real-time clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn unix_seconds(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}

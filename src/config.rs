@@ -1,0 +1,554 @@
+//! The configuration file: raw serde shape → validated [`Config`].
+//!
+//! This module owns the config's syntax and every rule about its values. It is pure:
+//! the caller reads the file; [`Config::parse`] turns text into a `Config` or an error
+//! that names the offending key and value (with line and column for syntax errors and
+//! unknown keys).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::{ClusterId, NameError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Syntax {
+        path: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An IP prefix such as `10.96.0.0/12`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = s.split_once('/')?;
+        let addr: IpAddr = addr.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What this peer may serve of other clusters' addresses (DESIGN.md §5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// Pods here can reach other clusters' ClusterIPs and pod IPs directly.
+    pub connected: bool,
+    pub service_cidrs: Vec<Cidr>,
+    pub pod_cidrs: Vec<Cidr>,
+}
+
+impl NetworkConfig {
+    /// True when `ip` falls inside this peer's own service or pod ranges, where another
+    /// cluster's address would be routed to the wrong place.
+    pub fn overlaps_own(&self, ip: IpAddr) -> bool {
+        self.service_cidrs
+            .iter()
+            .chain(&self.pod_cidrs)
+            .any(|c| c.contains(ip))
+    }
+}
+
+/// The DNS zone apex, lowercase, always with a trailing dot (`fleet.`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneName(String);
+
+impl ZoneName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        let trimmed = lower.strip_suffix('.').unwrap_or(&lower);
+        if trimmed.is_empty() {
+            return Err("the root zone cannot be served; use a name such as fleet.".into());
+        }
+        for label in trimmed.split('.') {
+            crate::model::Namespace::parse(label).map_err(|e: NameError| {
+                format!("{s:?} has an invalid label: {e}").replace("namespace", "zone label")
+            })?;
+        }
+        // The longest names we produce put 4 labels of up to 63 octets under the apex
+        // (host.svc.ns.cluster); keep room for service, namespace and cluster at least.
+        if trimmed.len() > 100 {
+            return Err(format!(
+                "{s:?} is longer than 100 characters, leaving too little room for service names"
+            ));
+        }
+        Ok(Self(format!("{trimmed}.")))
+    }
+
+    /// The apex with its trailing dot.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// One services file for this peer's own cluster.
+    File(PathBuf),
+    /// A static fleet: every cluster's services file, no mesh.
+    Files(BTreeMap<ClusterId, PathBuf>),
+}
+
+impl SourceConfig {
+    /// Every (cluster, file) pair this source reads.
+    pub fn files(&self, local: &ClusterId) -> BTreeMap<ClusterId, PathBuf> {
+        match self {
+            Self::File(p) => BTreeMap::from([(local.clone(), p.clone())]),
+            Self::Files(m) => m.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub listen: Vec<SocketAddr>,
+    pub advertise: Option<IpAddr>,
+    pub ttl: u32,
+    pub negative_ttl: u32,
+    pub max_udp_payload: u16,
+    pub tcp_idle_timeout: Duration,
+    pub max_tcp_connections: usize,
+    pub max_tcp_per_client: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub fleet: String,
+    pub cluster: ClusterId,
+    pub zone: ZoneName,
+    pub cluster_labels: BTreeMap<String, String>,
+    pub network: NetworkConfig,
+    pub dns: DnsConfig,
+    pub ops_listen: Option<SocketAddr>,
+    pub source: SourceConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    fleet: String,
+    cluster: String,
+    #[serde(default = "default_zone")]
+    zone: String,
+    #[serde(default)]
+    cluster_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    ops: Option<RawOps>,
+    source: RawSource,
+}
+
+fn default_zone() -> String {
+    "fleet.".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default)]
+    connected: bool,
+    #[serde(default)]
+    service_cidrs: Vec<String>,
+    #[serde(default)]
+    pod_cidrs: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    listen: Option<Vec<String>>,
+    #[serde(default)]
+    advertise: Option<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    negative_ttl: Option<String>,
+    #[serde(default)]
+    max_udp_payload: Option<u16>,
+    #[serde(default)]
+    tcp_idle_timeout: Option<String>,
+    #[serde(default)]
+    max_tcp_connections: Option<usize>,
+    #[serde(default)]
+    max_tcp_per_client: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    files: Option<BTreeMap<String, String>>,
+}
+
+/// Parses a duration such as `5s`, `500ms` or `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration such as 5s or 500ms ({e})"))
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths inside it are relative to the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Validates config text; `origin` names it in errors, `base` anchors relative paths.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|source| ConfigError::Syntax {
+            path: origin.into(),
+            source,
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: origin.into(),
+            key: key.into(),
+            message,
+        };
+
+        if raw.fleet.trim().is_empty() {
+            return Err(invalid("fleet", "must not be empty".into()));
+        }
+        let cluster =
+            ClusterId::parse(&raw.cluster).map_err(|e| invalid("cluster", e.to_string()))?;
+        let zone = ZoneName::parse(&raw.zone).map_err(|e| invalid("zone", e))?;
+        for (k, v) in &raw.cluster_labels {
+            // Each label becomes one TXT character-string "key=value" (≤ 255 octets).
+            if k.is_empty() || k.len() + v.len() + 1 > 255 || k.contains('=') {
+                return Err(invalid(
+                    &format!("cluster_labels.{k}"),
+                    format!(
+                        "{k:?}={v:?} must be a non-empty key without '=' and at most 254 octets together"
+                    ),
+                ));
+            }
+        }
+
+        let mut network = NetworkConfig {
+            connected: raw.network.connected,
+            ..Default::default()
+        };
+        for (key, list, out) in [
+            (
+                "network.service_cidrs",
+                &raw.network.service_cidrs,
+                &mut network.service_cidrs,
+            ),
+            (
+                "network.pod_cidrs",
+                &raw.network.pod_cidrs,
+                &mut network.pod_cidrs,
+            ),
+        ] {
+            for s in list {
+                out.push(Cidr::parse(s).ok_or_else(|| {
+                    invalid(key, format!("{s:?} is not a CIDR such as 10.96.0.0/12"))
+                })?);
+            }
+        }
+
+        let dns = parse_dns(&raw.dns, &invalid)?;
+        let ops_listen = raw
+            .ops
+            .map(|o| {
+                o.listen
+                    .parse()
+                    .map_err(|_| invalid("ops.listen", format!("{:?} is not HOST:PORT", o.listen)))
+            })
+            .transpose()?;
+
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let source = match (raw.source.file, raw.source.files) {
+            (Some(f), None) => SourceConfig::File(resolve(&f)),
+            (None, Some(files)) => {
+                if files.is_empty() {
+                    return Err(invalid(
+                        "source.files",
+                        "must name at least one cluster".into(),
+                    ));
+                }
+                let mut map = BTreeMap::new();
+                for (id, f) in files {
+                    let id = ClusterId::parse(&id)
+                        .map_err(|e| invalid(&format!("source.files.{id}"), e.to_string()))?;
+                    map.insert(id, resolve(&f));
+                }
+                SourceConfig::Files(map)
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "source",
+                    "set either file or files, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "source",
+                    "set file (this cluster's services file) or files (cluster id → services file)"
+                        .into(),
+                ));
+            }
+        };
+
+        Ok(Self {
+            fleet: raw.fleet,
+            cluster,
+            zone,
+            cluster_labels: raw.cluster_labels,
+            network,
+            dns,
+            ops_listen,
+            source,
+        })
+    }
+}
+
+fn parse_dns(
+    raw: &RawDns,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<DnsConfig, ConfigError> {
+    let listen = match &raw.listen {
+        None => vec!["127.0.0.1:8853".parse().expect("literal address")],
+        Some(list) => {
+            if list.is_empty() {
+                return Err(invalid(
+                    "dns.listen",
+                    "must name at least one HOST:PORT".into(),
+                ));
+            }
+            list.iter()
+                .map(|s| {
+                    s.parse::<SocketAddr>()
+                        .map_err(|_| invalid("dns.listen", format!("{s:?} is not HOST:PORT")))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    let advertise = raw
+        .advertise
+        .as_deref()
+        .map(|s| {
+            s.parse::<IpAddr>()
+                .map_err(|_| invalid("dns.advertise", format!("{s:?} is not an IP address")))
+        })
+        .transpose()?;
+    let advertise = match advertise {
+        Some(a) => Some(a),
+        None if listen.iter().all(|a| a.ip().is_unspecified()) => {
+            return Err(invalid(
+                "dns.advertise",
+                "is required when dns.listen is a wildcard address".into(),
+            ));
+        }
+        None => listen
+            .iter()
+            .map(|a| a.ip())
+            .find(|ip| !ip.is_unspecified()),
+    };
+    let ttl_secs = |key: &str, v: &Option<String>| -> Result<u32, ConfigError> {
+        let d = match v {
+            None => Duration::from_secs(5),
+            Some(s) => parse_duration(s).map_err(|e| invalid(key, e))?,
+        };
+        if d > Duration::from_secs(3600) || d.subsec_nanos() != 0 {
+            return Err(invalid(
+                key,
+                format!(
+                    "{} must be whole seconds between 0s and 3600s",
+                    v.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(d.as_secs() as u32)
+    };
+    let max_udp_payload = raw.max_udp_payload.unwrap_or(1232);
+    if max_udp_payload < 512 {
+        return Err(invalid(
+            "dns.max_udp_payload",
+            format!("{max_udp_payload} is below the DNS minimum of 512"),
+        ));
+    }
+    let tcp_idle_timeout = match &raw.tcp_idle_timeout {
+        None => Duration::from_secs(10),
+        Some(s) => parse_duration(s).map_err(|e| invalid("dns.tcp_idle_timeout", e))?,
+    };
+    let positive = |key: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(invalid(key, "0 would refuse every connection".into())),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(DnsConfig {
+        listen,
+        advertise,
+        ttl: ttl_secs("dns.ttl", &raw.ttl)?,
+        negative_ttl: ttl_secs("dns.negative_ttl", &raw.negative_ttl)?,
+        max_udp_payload,
+        tcp_idle_timeout,
+        max_tcp_connections: positive("dns.max_tcp_connections", raw.max_tcp_connections, 256)?,
+        max_tcp_per_client: positive("dns.max_tcp_per_client", raw.max_tcp_per_client, 16)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.yaml", Path::new("/etc/fleetdns"))
+    }
+
+    const MINIMAL: &str = "fleet: f\ncluster: east\nsource: {file: s.yaml}\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.zone.as_str(), "fleet.");
+        assert_eq!(c.dns.ttl, 5);
+        assert_eq!(c.dns.negative_ttl, 5);
+        assert_eq!(c.dns.max_udp_payload, 1232);
+        assert_eq!(c.dns.listen, vec!["127.0.0.1:8853".parse().unwrap()]);
+        assert_eq!(c.dns.advertise, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(c.source, SourceConfig::File("/etc/fleetdns/s.yaml".into()));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_with_line_and_column() {
+        let err = parse("fleet: f\ncluster: east\ndns: {ttll: 5s}\nsource: {file: s}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ttll"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn reserved_and_invalid_cluster_ids_are_rejected() {
+        for id in ["svc", "ns", "dns-version", "East", "a.b"] {
+            let err = parse(&format!("fleet: f\ncluster: {id}\nsource: {{file: s}}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cluster") && err.contains(id), "{err}");
+        }
+        let err = parse("fleet: f\ncluster: east\nsource: {files: {svc: a.yaml}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.files.svc") && err.contains("reserved"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let cases = [
+            ("dns: {ttl: 2h}", "dns.ttl"),
+            ("dns: {ttl: fast}", "fast"),
+            ("dns: {negative_ttl: 1.5s}", "dns.negative_ttl"),
+            ("dns: {listen: [\"nowhere\"]}", "nowhere"),
+            ("dns: {listen: [\"0.0.0.0:53\"]}", "dns.advertise"),
+            ("dns: {max_udp_payload: 100}", "dns.max_udp_payload"),
+            ("network: {pod_cidrs: [10.0.0.0/33]}", "10.0.0.0/33"),
+            ("zone: \"fl_eet.\"", "zone"),
+            ("ops: {listen: \"x\"}", "ops.listen"),
+        ];
+        for (line, needle) in cases {
+            let text = format!("fleet: f\ncluster: east\n{line}\nsource: {{file: s}}\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn source_needs_exactly_one_kind() {
+        assert!(parse("fleet: f\ncluster: east\nsource: {}\n").is_err());
+        assert!(parse("fleet: f\ncluster: east\nsource: {file: a, files: {east: a}}\n").is_err());
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c = Cidr::parse("10.96.0.0/12").unwrap();
+        assert!(c.contains("10.100.1.1".parse().unwrap()));
+        assert!(!c.contains("10.112.0.1".parse().unwrap()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn zone_is_lowercased_with_trailing_dot() {
+        assert_eq!(
+            ZoneName::parse("Fleet.Example.com").unwrap().as_str(),
+            "fleet.example.com."
+        );
+        assert!(ZoneName::parse(".").is_err());
+    }
+}

@@ -1,0 +1,462 @@
+//! The answer index: (name, type) → a pre-encoded answer, NODATA or NXDOMAIN.
+//!
+//! This module owns the encoded form of the zone and the one function the DNS path calls
+//! per query, [`AnswerIndex::respond`]. Answers are built with hickory-proto when a
+//! snapshot is made and stored as the bytes that follow the question, so a reply is a
+//! header, the question copied as the client sent it (0x20 case echo), the stored bytes
+//! and an OPT. Every name that exists is a key, empty non-terminals included, so
+//! NXDOMAIN versus NODATA is one hash lookup. It is pure: no I/O, no locks.
+
+use std::sync::Arc;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, Record, RecordType};
+use rustc_hash::FxHashMap;
+
+use crate::dns::wire::{self, Ede, Parsed, ReplyHeader, rcode, types};
+use crate::dns::zone::Zone;
+
+/// Largest DNS message over TCP.
+pub const TCP_MAX: usize = 65_535;
+
+/// Records after the question, ready to copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Encoded {
+    /// ANCOUNT, NSCOUNT, ARCOUNT.
+    counts: [u16; 3],
+    body: Box<[u8]>,
+}
+
+/// One (name, type) answer in the forms the size rules need (RFC 2181 §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer {
+    full: Encoded,
+    /// Without the additional section, when there is one.
+    minimal: Option<Encoded>,
+    /// Answer records capped in policy order to fit a 65,535-octet TCP message, when
+    /// even `minimal` does not.
+    capped: Option<Encoded>,
+}
+
+#[derive(Debug, Default)]
+struct NameEntry {
+    answers: Vec<(u16, Arc<Answer>)>,
+    /// The ANY answer (RFC 8482): the A RRset, else the smallest RRset.
+    any: Option<Arc<Answer>>,
+}
+
+/// The transport a query came in on: it sets the size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Whether the peer may answer yet, and what it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady,
+}
+
+/// What happened to one query, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// `false` when no reply is sent at all.
+    pub replied: bool,
+    pub qtype: u16,
+    pub rcode: u16,
+    pub truncated: bool,
+    pub capped: bool,
+    pub malformed: bool,
+}
+
+/// Settings the reply writer needs besides the zone.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplySettings {
+    pub max_udp_payload: u16,
+}
+
+const NOT_READY: Ede = Ede {
+    code: wire::ede::NOT_READY,
+    text: "Not Ready",
+};
+
+#[derive(Debug)]
+pub struct AnswerIndex {
+    /// The apex in lowercase wire form.
+    apex: Box<[u8]>,
+    names: FxHashMap<Box<[u8]>, NameEntry>,
+    /// The SOA record after its owner name (type, class, TTL, RDATA), for negative
+    /// answers, whose owner is a pointer to the apex inside the echoed question.
+    soa_tail: Box<[u8]>,
+}
+
+fn wire_name(name: &Name) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 1);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out
+}
+
+/// Encodes `answers` (+ `additionals`) as they follow the question `(owner, rtype)`.
+fn encode(owner: &Name, rtype: RecordType, answers: &[Record], additionals: &[Record]) -> Encoded {
+    let mut msg = Message::new(0, MessageType::Response, OpCode::Query);
+    msg.add_query(Query::query(owner.clone(), rtype));
+    msg.add_answers(answers.iter().cloned());
+    msg.add_additionals(additionals.iter().cloned());
+    let bytes = msg
+        .to_vec()
+        .expect("encoding records built from validated names cannot fail");
+    let question_len = owner.len() + 1 + 4;
+    Encoded {
+        counts: [answers.len() as u16, 0, additionals.len() as u16],
+        body: bytes[wire::HEADER_LEN + question_len..].into(),
+    }
+}
+
+/// The budget for records in a TCP reply: the message cap minus header, question and
+/// the largest OPT we may append.
+fn tcp_budget(question_len: usize) -> usize {
+    TCP_MAX - wire::HEADER_LEN - question_len - wire::opt_len(None)
+}
+
+fn build_answer(
+    owner: &Name,
+    rtype: RecordType,
+    answers: &[Record],
+    additionals: &[Record],
+) -> Answer {
+    let full = encode(owner, rtype, answers, additionals);
+    let minimal = (!additionals.is_empty()).then(|| encode(owner, rtype, answers, &[]));
+    let question_len = owner.len() + 1 + 4;
+    let budget = tcp_budget(question_len);
+    let answer_only = minimal.as_ref().unwrap_or(&full);
+    let capped = (answer_only.body.len() > budget).then(|| {
+        // Records have similar sizes: start from a proportional guess, then step down.
+        let mut n = answers.len() * budget / answer_only.body.len();
+        loop {
+            let e = encode(owner, rtype, &answers[..n], &[]);
+            if e.body.len() <= budget || n == 0 {
+                return e;
+            }
+            n -= 1;
+        }
+    });
+    Answer {
+        full,
+        minimal,
+        capped,
+    }
+}
+
+/// The A/AAAA records of `target` in the zone, for the additional section.
+fn glue(zone: &Zone, target: &Name, out: &mut Vec<Record>) {
+    if let Some(rrsets) = zone.names.get(target) {
+        for t in [RecordType::A, RecordType::AAAA] {
+            if let Some(records) = rrsets.get(&t) {
+                for r in records {
+                    if !out.contains(r) {
+                        out.push(r.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AnswerIndex {
+    pub fn build(zone: &Zone) -> Self {
+        let mut names: FxHashMap<Box<[u8]>, NameEntry> = FxHashMap::default();
+        let apex_labels = zone.apex.num_labels();
+        for (owner, rrsets) in &zone.names {
+            let mut entry = NameEntry::default();
+            let mut smallest: Option<(usize, Arc<Answer>)> = None;
+            for (rtype, records) in rrsets {
+                let mut additionals = Vec::new();
+                for r in records {
+                    match &r.data {
+                        hickory_proto::rr::RData::SRV(srv) => {
+                            glue(zone, &srv.target, &mut additionals)
+                        }
+                        hickory_proto::rr::RData::NS(ns) => glue(zone, &ns.0, &mut additionals),
+                        _ => {}
+                    }
+                }
+                let answer = Arc::new(build_answer(owner, *rtype, records, &additionals));
+                let size = answer.minimal.as_ref().unwrap_or(&answer.full).body.len();
+                if smallest.as_ref().is_none_or(|(s, _)| size < *s) {
+                    smallest = Some((size, answer.clone()));
+                }
+                if *rtype == RecordType::A {
+                    entry.any = Some(answer.clone());
+                }
+                entry.answers.push((u16::from(*rtype), answer));
+            }
+            if entry.any.is_none() {
+                entry.any = smallest.map(|(_, a)| a);
+            }
+            // Every ancestor up to the apex exists as an empty non-terminal (RFC 8020).
+            let mut ancestor = owner.base_name();
+            while ancestor.num_labels() > apex_labels {
+                names.entry(wire_name(&ancestor).into()).or_default();
+                ancestor = ancestor.base_name();
+            }
+            let key: Box<[u8]> = wire_name(owner).into();
+            match names.get_mut(&key) {
+                // An ENT recorded earlier that turns out to own RRsets.
+                Some(existing) => *existing = entry,
+                None => {
+                    names.insert(key, entry);
+                }
+            }
+        }
+
+        let soa = zone
+            .names
+            .get(&zone.apex)
+            .and_then(|r| r.get(&RecordType::SOA))
+            .and_then(|r| r.first())
+            .expect("every zone has an apex SOA");
+        let hickory_proto::rr::RData::SOA(soa_data) = &soa.data else {
+            unreachable!("the SOA RRset holds SOA data")
+        };
+        let mut rdata = wire_name(&soa_data.mname);
+        rdata.extend(wire_name(&soa_data.rname));
+        for v in [
+            soa_data.serial,
+            soa_data.refresh as u32,
+            soa_data.retry as u32,
+            soa_data.expire as u32,
+            soa_data.minimum,
+        ] {
+            rdata.extend_from_slice(&v.to_be_bytes());
+        }
+        let mut soa_tail = Vec::with_capacity(10 + rdata.len());
+        soa_tail.extend_from_slice(&types::SOA.to_be_bytes());
+        soa_tail.extend_from_slice(&types::CLASS_IN.to_be_bytes());
+        soa_tail.extend_from_slice(&soa.ttl.to_be_bytes());
+        soa_tail.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        soa_tail.extend_from_slice(&rdata);
+
+        Self {
+            apex: wire_name(&zone.apex).into(),
+            names,
+            soa_tail: soa_tail.into(),
+        }
+    }
+
+    /// Number of names (owner names and empty non-terminals).
+    pub fn name_count(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Offset of the apex inside a lowercase wire name, if the name is in the zone.
+    fn apex_offset(&self, qname: &[u8]) -> Option<usize> {
+        let mut pos = 0;
+        while pos < qname.len() {
+            if qname.len() - pos == self.apex.len() {
+                return (qname[pos..] == *self.apex).then_some(pos);
+            }
+            if qname.len() - pos < self.apex.len() {
+                return None;
+            }
+            pos += 1 + qname[pos] as usize;
+        }
+        None
+    }
+
+    /// Answers one packet into `out` (cleared first). Pure and allocation-free once
+    /// `out` has grown to its working size.
+    pub fn respond(
+        &self,
+        readiness: Readiness,
+        settings: ReplySettings,
+        packet: &[u8],
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        out.clear();
+        let query = match wire::parse(packet) {
+            Parsed::Drop => {
+                return Outcome {
+                    replied: false,
+                    qtype: 0,
+                    rcode: 0,
+                    truncated: false,
+                    capped: false,
+                    malformed: true,
+                };
+            }
+            Parsed::Reject(r) => {
+                wire::write_bare_reply(
+                    out,
+                    packet,
+                    r.id,
+                    r.opcode,
+                    r.rd,
+                    false,
+                    false,
+                    r.rcode,
+                    r.question_end,
+                    r.edns,
+                    None,
+                    settings.max_udp_payload,
+                );
+                return Outcome {
+                    replied: true,
+                    qtype: 0,
+                    rcode: r.rcode,
+                    truncated: false,
+                    capped: false,
+                    malformed: r.malformed,
+                };
+            }
+            Parsed::Query(q) => q,
+        };
+        let limit = match transport {
+            Transport::Udp => wire::udp_limit(query.edns, settings.max_udp_payload),
+            Transport::Tcp => TCP_MAX,
+        };
+        let mut outcome = Outcome {
+            replied: true,
+            qtype: query.qtype,
+            rcode: rcode::NOERROR,
+            truncated: false,
+            capped: false,
+            malformed: false,
+        };
+        let bare = |out: &mut Vec<u8>, aa: bool, tc: bool, rc: u16, ede: Option<Ede>| {
+            wire::write_bare_reply(
+                out,
+                packet,
+                query.id,
+                0,
+                query.rd,
+                aa,
+                tc,
+                rc,
+                Some(query.question_end),
+                query.edns,
+                ede,
+                settings.max_udp_payload,
+            );
+        };
+
+        let refused = query.qclass != types::CLASS_IN
+            || query.qtype == types::AXFR
+            || query.qtype == types::IXFR;
+        let apex_offset = if refused {
+            None
+        } else {
+            self.apex_offset(query.qname())
+        };
+        let Some(apex_offset) = apex_offset else {
+            outcome.rcode = rcode::REFUSED;
+            bare(out, false, false, rcode::REFUSED, None);
+            return outcome;
+        };
+        if readiness == Readiness::NotReady {
+            outcome.rcode = rcode::SERVFAIL;
+            bare(out, false, false, rcode::SERVFAIL, Some(NOT_READY));
+            return outcome;
+        }
+
+        let question_len = query.question_end - wire::HEADER_LEN;
+        let opt_len = if query.edns.is_some() {
+            wire::OPT_LEN
+        } else {
+            0
+        };
+        let fits = |e: &Encoded| wire::HEADER_LEN + question_len + e.body.len() + opt_len <= limit;
+        let entry = self.names.get(query.qname());
+        let answer = entry.and_then(|entry| {
+            if query.qtype == types::ANY {
+                entry.any.as_deref()
+            } else {
+                entry
+                    .answers
+                    .iter()
+                    .find(|(t, _)| *t == query.qtype)
+                    .map(|(_, a)| &**a)
+            }
+        });
+
+        let (rc, encoded) = match (entry, answer) {
+            (Some(_), Some(answer)) => {
+                let chosen = if fits(&answer.full) {
+                    Some(&answer.full)
+                } else if let Some(m) = answer.minimal.as_ref().filter(|m| fits(m)) {
+                    Some(m)
+                } else if transport == Transport::Tcp {
+                    outcome.capped = true;
+                    answer.capped.as_ref()
+                } else {
+                    None
+                };
+                match chosen {
+                    Some(e) => (rcode::NOERROR, e),
+                    None => {
+                        outcome.truncated = true;
+                        bare(out, true, true, rcode::NOERROR, None);
+                        return outcome;
+                    }
+                }
+            }
+            (entry, _) => {
+                // NODATA or NXDOMAIN: the SOA in authority, owner pointing at the apex
+                // inside the echoed question.
+                let rc = if entry.is_some() {
+                    rcode::NOERROR
+                } else {
+                    rcode::NXDOMAIN
+                };
+                outcome.rcode = rc;
+                write_reply_start(out, packet, &query, rc, [0, 1, 0], opt_len > 0);
+                let pointer = 0xC000 | (wire::HEADER_LEN + apex_offset) as u16;
+                out.extend_from_slice(&pointer.to_be_bytes());
+                out.extend_from_slice(&self.soa_tail);
+                if query.edns.is_some() {
+                    wire::write_opt(out, settings.max_udp_payload, rc, None);
+                }
+                return outcome;
+            }
+        };
+        write_reply_start(out, packet, &query, rc, encoded.counts, opt_len > 0);
+        out.extend_from_slice(&encoded.body);
+        if query.edns.is_some() {
+            wire::write_opt(out, settings.max_udp_payload, rc, None);
+        }
+        outcome
+    }
+}
+
+/// Header (AA set) and the question exactly as the client sent it.
+fn write_reply_start(
+    out: &mut Vec<u8>,
+    packet: &[u8],
+    query: &wire::Query,
+    rc: u16,
+    counts: [u16; 3],
+    with_opt: bool,
+) {
+    wire::write_header(
+        out,
+        &ReplyHeader {
+            id: query.id,
+            opcode: 0,
+            rd: query.rd,
+            aa: true,
+            tc: false,
+            rcode: rc,
+            qdcount: 1,
+            ancount: counts[0],
+            nscount: counts[1],
+            arcount: counts[2] + u16::from(with_opt),
+        },
+    );
+    out.extend_from_slice(&packet[wire::HEADER_LEN..query.question_end]);
+}

@@ -1,0 +1,310 @@
+//! DNS sockets: UDP workers and TCP framing (RFC 7766) over the same answer index.
+//!
+//! This module owns the listening sockets and their loops. Every query is answered by
+//! `AnswerIndex::respond` on the currently published snapshot, loaded once per packet
+//! without a lock; counters go to the worker's own `WorkerStats`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dns::index::{Outcome, ReplySettings, Transport};
+use crate::metrics::{self, Metrics, TcpReject, WorkerStats};
+use crate::snapshot::SharedSnapshot;
+
+/// Limits of the TCP listener (RFC 7766 §6.2).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_per_client: usize,
+}
+
+/// Sockets bound for every `dns.listen` address, UDP and TCP on the same port.
+#[derive(Debug)]
+pub struct BoundDns {
+    tcp: Vec<TcpListener>,
+    udp: Vec<UdpSocket>,
+}
+
+impl BoundDns {
+    /// Binds TCP first, without SO_REUSEPORT, so a second instance on the same address
+    /// fails with "address in use"; then UDP on the port TCP got (port 0 picks one).
+    pub async fn bind(listen: &[SocketAddr]) -> io::Result<Self> {
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        for addr in listen {
+            // With port 0 the kernel may hand TCP a port that is taken for UDP: retry.
+            let mut attempts = if addr.port() == 0 { 20 } else { 1 };
+            loop {
+                let listener = TcpListener::bind(addr).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("dns.listen {addr} (TCP): {e}"))
+                })?;
+                let bound = listener.local_addr()?;
+                match UdpSocket::bind(bound).await {
+                    Ok(socket) => {
+                        tcp.push(listener);
+                        udp.push(socket);
+                        break;
+                    }
+                    Err(e) if attempts > 1 && e.kind() == io::ErrorKind::AddrInUse => {
+                        attempts -= 1;
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("dns.listen {bound} (UDP): {e}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Self { tcp, udp })
+    }
+
+    /// The bound addresses (UDP and TCP share each one).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Starts every loop on `tasks`; they stop when `cancel` fires.
+    pub fn spawn(
+        self,
+        snapshot: SharedSnapshot,
+        settings: ReplySettings,
+        limits: TcpLimits,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) {
+        for socket in self.udp {
+            let stats = metrics.dns_worker(metrics::Transport::Udp);
+            tasks.spawn(udp_loop(
+                socket,
+                snapshot.clone(),
+                settings,
+                stats,
+                cancel.clone(),
+            ));
+        }
+        for listener in self.tcp {
+            let stats = metrics.dns_worker(metrics::Transport::Tcp);
+            tasks.spawn(tcp_accept_loop(
+                listener,
+                snapshot.clone(),
+                settings,
+                limits,
+                stats,
+                metrics.clone(),
+                cancel.clone(),
+            ));
+        }
+    }
+}
+
+fn count(stats: &WorkerStats, outcome: &Outcome) {
+    if !outcome.replied {
+        stats.dropped();
+        return;
+    }
+    stats.query(outcome.qtype, outcome.rcode);
+    if outcome.malformed {
+        stats.malformed();
+    }
+    if outcome.truncated {
+        stats.truncated();
+    }
+    if outcome.capped {
+        stats.tcp_capped();
+    }
+}
+
+async fn udp_loop(
+    socket: UdpSocket,
+    snapshot: SharedSnapshot,
+    settings: ReplySettings,
+    stats: Arc<WorkerStats>,
+    cancel: CancellationToken,
+) {
+    let mut packet = vec![0u8; 65_535];
+    let mut reply = Vec::with_capacity(4096);
+    loop {
+        let received = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = socket.recv_from(&mut packet) => r,
+        };
+        let (len, peer) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on Linux; keep serving.
+                tracing::debug!(error = %e, "udp receive error");
+                continue;
+            }
+        };
+        let snap = snapshot.load();
+        let outcome = snap.index.respond(
+            snap.readiness,
+            settings,
+            &packet[..len],
+            Transport::Udp,
+            &mut reply,
+        );
+        count(&stats, &outcome);
+        if outcome.replied
+            && let Err(e) = socket.send_to(&reply, peer).await
+        {
+            tracing::debug!(error = %e, %peer, "udp send error");
+        }
+    }
+}
+
+/// Open connections per client address, to enforce `max_per_client`.
+#[derive(Debug, Default)]
+struct ClientTable {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// Releases a connection's slot in the table when the connection ends.
+struct Slot {
+    table: Arc<Mutex<ClientTable>>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.total -= 1;
+        if let Some(n) = t.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                t.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+async fn tcp_accept_loop(
+    listener: TcpListener,
+    snapshot: SharedSnapshot,
+    settings: ReplySettings,
+    limits: TcpLimits,
+    stats: Arc<WorkerStats>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let table = Arc::new(Mutex::new(ClientTable::default()));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly, keep serving.
+                tracing::warn!(error = %e, "tcp accept error");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let rejected = {
+            let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = t.per_client.get(&peer.ip()).copied().unwrap_or(0);
+            if t.total >= limits.max_connections {
+                Some(TcpReject::TooMany)
+            } else if mine >= limits.max_per_client {
+                Some(TcpReject::PerClient)
+            } else {
+                t.total += 1;
+                *t.per_client.entry(peer.ip()).or_default() += 1;
+                None
+            }
+        };
+        if let Some(reason) = rejected {
+            // Closing at once tells the client to go elsewhere (RFC 7766 §6.2.2).
+            metrics.tcp_connection_rejected(reason);
+            drop(stream);
+            continue;
+        }
+        let slot = Slot {
+            table: table.clone(),
+            client: peer.ip(),
+        };
+        let guard = metrics.tcp_connection();
+        connections.spawn(serve_tcp(
+            stream,
+            snapshot.clone(),
+            settings,
+            limits.idle_timeout,
+            stats.clone(),
+            cancel.clone(),
+            (slot, guard),
+        ));
+    }
+    // Drain: connections finish the query in hand and close.
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_tcp<G>(
+    mut stream: TcpStream,
+    snapshot: SharedSnapshot,
+    settings: ReplySettings,
+    idle_timeout: Duration,
+    stats: Arc<WorkerStats>,
+    cancel: CancellationToken,
+    _release_on_drop: G,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut packet = vec![0u8; 65_535];
+    let mut reply = Vec::with_capacity(4096);
+    let mut framed = Vec::with_capacity(4096);
+    loop {
+        let mut len_buf = [0u8; 2];
+        let read = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(idle_timeout, stream.read_exact(&mut len_buf)) => r,
+        };
+        match read {
+            Ok(Ok(_)) => {}
+            // Idle timeout, EOF or reset: close.
+            _ => return,
+        }
+        let len = usize::from(u16::from_be_bytes(len_buf));
+        // A message announced but not delivered within the idle timeout is abandoned.
+        match tokio::time::timeout(idle_timeout, stream.read_exact(&mut packet[..len])).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let snap = snapshot.load();
+        let outcome = snap.index.respond(
+            snap.readiness,
+            settings,
+            &packet[..len],
+            Transport::Tcp,
+            &mut reply,
+        );
+        count(&stats, &outcome);
+        if !outcome.replied {
+            continue;
+        }
+        framed.clear();
+        framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&reply);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}

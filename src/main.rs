@@ -1,0 +1,172 @@
+//! The `fleetdns` command: a thin shell over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use fleetdns::app::{App, StartOptions};
+use fleetdns::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "fleetdns",
+    version,
+    about = "Multicluster service discovery over authoritative DNS"
+)]
+struct Cli {
+    /// Log format on stderr (the filter comes from RUST_LOG, default "info").
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the embedded demo fleet (east, west, central) on 127.0.0.1:8853.
+    Demo,
+    /// Run one peer.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config and its services files, then exit.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write the zone a config serves as an RFC 1035 zone file.
+    DumpZone {
+        #[arg(long)]
+        config: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleetdns: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetdns: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo => {
+            let path = fleetdns::demo::config_path().context("preparing the demo files")?;
+            let config = Config::load(&path)?;
+            let app = App::start(config, StartOptions::default()).await?;
+            println!("fleetdns demo: clusters east, west and central, as seen from east");
+            println!(
+                "services files: {} (edit them: answers follow)",
+                path.parent().unwrap_or(&path).display()
+            );
+            if let Some(ops) = app.ops_addr {
+                println!("ops: http://{ops}/metrics  http://{ops}/readyz");
+            }
+            println!("try:");
+            for cmd in fleetdns::demo::try_commands(app.dns_addrs[0]) {
+                println!("  {cmd}");
+            }
+            println!("Ctrl-C stops it.");
+            serve_until_signal(app).await
+        }
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let app = App::start(config, StartOptions::default()).await?;
+            serve_until_signal(app).await
+        }
+        Command::Check { config } => {
+            let (config, summary) = fleetdns::app::check(&config)?;
+            println!(
+                "{}: ok (cluster {}, zone {})",
+                config_display(&config),
+                summary.cluster,
+                summary.zone
+            );
+            for line in summary.lines {
+                println!("  {line}");
+            }
+            Ok(())
+        }
+        Command::DumpZone { config, output } => {
+            let text = fleetdns::app::dump_zone(&config)?;
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn config_display(path: &std::path::Path) -> String {
+    path.display().to_string()
+}
+
+async fn serve_until_signal(app: App) -> anyhow::Result<()> {
+    let cancel = app.cancel_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        cancel.cancel();
+    });
+    app.run_until_cancelled().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
