@@ -16,11 +16,10 @@ use crate::model::{ClusterId, NameError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Syntax {
         path: String,
-        #[source]
-        source: serde_yaml::Error,
+        error: serde_yaml::Error,
     },
     #[error("{path}: {key}: {message}")]
     Invalid {
@@ -28,12 +27,8 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }
 
 /// An IP prefix such as `10.96.0.0/12`.
@@ -244,9 +239,9 @@ impl Config {
     /// Reads and validates a config file. Relative paths inside it are relative to the
     /// file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, &path.display().to_string(), base)
@@ -254,9 +249,9 @@ impl Config {
 
     /// Validates config text; `origin` names it in errors, `base` anchors relative paths.
     pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|source| ConfigError::Syntax {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|error| ConfigError::Syntax {
             path: origin.into(),
-            source,
+            error,
         })?;
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: origin.into(),

@@ -23,11 +23,10 @@ use crate::source::watch::{FileEvent, WatchSettings, spawn_file_watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesFileError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Syntax {
         path: String,
-        #[source]
-        source: serde_yaml::Error,
+        error: serde_yaml::Error,
     },
     #[error("{path}: service {service}: {message}")]
     Invalid {
@@ -35,12 +34,8 @@ pub enum ServicesFileError {
         service: String,
         message: String,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }
 
 #[derive(Deserialize)]
@@ -62,9 +57,9 @@ struct RawService {
     #[serde(default)]
     ports: Vec<RawPort>,
     #[serde(default)]
-    cluster_ips: Vec<IpAddr>,
+    cluster_ips: Vec<Ip>,
     #[serde(default)]
-    ingress: Vec<IpAddr>,
+    ingress: Vec<Ip>,
     #[serde(default)]
     endpoints: Vec<RawEndpoint>,
     #[serde(default)]
@@ -92,7 +87,7 @@ fn default_protocol() -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEndpoint {
-    address: IpAddr,
+    address: Ip,
     #[serde(default)]
     hostname: Option<HostLabel>,
     #[serde(default)]
@@ -101,6 +96,24 @@ struct RawEndpoint {
     ready: bool,
     #[serde(default)]
     zone: Option<String>,
+}
+
+/// An IP address whose parse error names the offending text.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "String")]
+struct Ip(IpAddr);
+
+impl TryFrom<String> for Ip {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+            .map(Ip)
+            .map_err(|_| format!("{s:?} is not an IP address"))
+    }
+}
+
+fn ips(list: Vec<Ip>) -> Vec<IpAddr> {
+    list.into_iter().map(|ip| ip.0).collect()
 }
 
 fn default_ready() -> bool {
@@ -113,9 +126,9 @@ pub fn parse_services_file(
     origin: &str,
     cluster: &ClusterId,
 ) -> Result<LocalExports, ServicesFileError> {
-    let raw: RawFile = serde_yaml::from_str(text).map_err(|source| ServicesFileError::Syntax {
+    let raw: RawFile = serde_yaml::from_str(text).map_err(|error| ServicesFileError::Syntax {
         path: origin.into(),
-        source,
+        error,
     })?;
     let mut exports = LocalExports::empty(cluster.clone());
     for (k, v) in &raw.labels {
@@ -187,7 +200,8 @@ fn convert_service(svc: RawService) -> Result<ServiceExport, String> {
         })
         .transpose()?
         .unwrap_or_default();
-    if svc.headless && !svc.cluster_ips.is_empty() {
+    let cluster_ips = ips(svc.cluster_ips);
+    if svc.headless && !cluster_ips.is_empty() {
         return Err("a headless service has no cluster_ips".into());
     }
 
@@ -195,26 +209,27 @@ fn convert_service(svc: RawService) -> Result<ServiceExport, String> {
     // ready copy wins over a not-ready one.
     let mut by_addr: BTreeMap<IpAddr, Endpoint> = BTreeMap::new();
     for e in svc.endpoints {
+        let address = e.address.0;
         let endpoint = Endpoint {
-            address: e.address,
+            address,
             hostname: e.hostname,
             pod_name: e.pod.and_then(|p| HostLabel::parse(&p).ok()),
             ready: e.ready,
             zone: e.zone,
         };
-        match by_addr.get(&e.address) {
+        match by_addr.get(&address) {
             Some(prev) if prev.ready && !endpoint.ready => {}
             _ => {
-                by_addr.insert(e.address, endpoint);
+                by_addr.insert(address, endpoint);
             }
         }
     }
     let endpoints: Vec<Endpoint> = by_addr.into_values().collect();
 
-    let mut ingress = svc.ingress;
+    let mut ingress = ips(svc.ingress);
     // A VM or static member lists only its endpoints: they are reachable by definition,
     // so they are its ingress (DESIGN.md §3).
-    if svc.cluster_ips.is_empty() && ingress.is_empty() && !svc.headless {
+    if cluster_ips.is_empty() && ingress.is_empty() && !svc.headless {
         ingress = endpoints
             .iter()
             .filter(|e| e.ready)
@@ -223,7 +238,7 @@ fn convert_service(svc: RawService) -> Result<ServiceExport, String> {
     }
     ingress.sort();
     ingress.dedup();
-    let mut cluster_ips = svc.cluster_ips;
+    let mut cluster_ips = cluster_ips;
     cluster_ips.sort();
     cluster_ips.dedup();
     Ok(ServiceExport {
@@ -246,9 +261,9 @@ pub fn load_services_file(
     path: &Path,
     cluster: &ClusterId,
 ) -> Result<LocalExports, ServicesFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ServicesFileError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ServicesFileError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     parse_services_file(&text, &path.display().to_string(), cluster)
 }

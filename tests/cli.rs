@@ -1,0 +1,210 @@
+//! The `fleetdns` command as a user runs it: check, dump-zone, run and demo.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::rr::RecordType;
+
+fn fleetdns() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fleetdns"))
+}
+
+fn demo_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/fleet.yaml")
+}
+
+fn run(args: &[&str]) -> Output {
+    fleetdns().args(args).output().expect("run fleetdns")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn check_accepts_the_demo_config() {
+    let out = run(&["check", "--config", demo_config().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(stdout.contains("cluster west: 3 services"), "{stdout}");
+}
+
+fn write_config(dir: &Path, config: &str, files: &[(&str, &str)]) -> PathBuf {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let path = dir.join("fleet.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn check_names_the_bad_key_or_value_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[(&str, &str)], &[&str]); 5] = [
+        (
+            "fleet: f\ncluster: svc\nsource: {file: a.yaml}\n",
+            &[],
+            &["cluster", "svc", "reserved"],
+        ),
+        (
+            "fleet: f\ncluster: east\nsource: {files: {east: a.yaml, dns-version: b.yaml}}\n",
+            &[],
+            &["source.files.dns-version", "reserved"],
+        ),
+        (
+            "fleet: f\ncluster: east\ndns: {ttl: forever}\nsource: {file: a.yaml}\n",
+            &[],
+            &["dns.ttl", "forever"],
+        ),
+        (
+            "fleet: f\ncluster: east\nsource: {file: a.yaml}\n",
+            &[(
+                "a.yaml",
+                "services:\n  - name: web\n    namespace: default\n    cluster_ips: [10.0.0.300]\n",
+            )],
+            &["a.yaml", "10.0.0.300", "line 4"],
+        ),
+        (
+            "fleet: f\ncluster: east\nsource: {file: missing.yaml}\n",
+            &[],
+            &["missing.yaml"],
+        ),
+    ];
+    for (config, files, needles) in cases {
+        let path = write_config(dir.path(), config, files);
+        let out = run(&["check", "--config", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "accepted: {config}");
+        let err = stderr(&out);
+        for needle in needles {
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+        }
+    }
+}
+
+#[test]
+fn dump_zone_writes_a_zone_file() {
+    let out = run(&["dump-zone", "--config", demo_config().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let zone = String::from_utf8_lossy(&out.stdout);
+    let first_record = zone.lines().find(|l| !l.starts_with('$')).unwrap();
+    assert!(
+        first_record.starts_with("fleet. 5 IN SOA ns.fleet. hostmaster.fleet. "),
+        "{first_record}"
+    );
+    for line in [
+        "web.default.svc.fleet. 5 IN A 10.96.0.10",
+        "web.default.west.fleet. 5 IN A 198.51.100.10",
+        "_postgres._tcp.db.shop.east.fleet. 5 IN SRV 0 100 5432 db-0.db.shop.east.fleet.",
+        "dns-version.fleet. 5 IN TXT \"fleetdns-1\"",
+    ] {
+        assert!(
+            zone.lines().any(|l| l == line),
+            "missing {line:?} in\n{zone}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.zone");
+    let out = run(&[
+        "dump-zone",
+        "--config",
+        demo_config().to_str().unwrap(),
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(
+        std::fs::read_to_string(file)
+            .unwrap()
+            .contains("east.fleet. 5 IN TXT")
+    );
+}
+
+#[tokio::test]
+async fn a_second_instance_on_the_same_address_fails_loudly() {
+    let peer = TestPeer::start("east", &demo_files(), "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "fleet: f\ncluster: east\ndns: {{listen: [\"{}\"]}}\nsource: {{file: a.yaml}}\n",
+        peer.dns
+    );
+    let path = write_config(dir.path(), &config, &[("a.yaml", "services: []\n")]);
+    let out =
+        tokio::task::spawn_blocking(move || run(&["run", "--config", path.to_str().unwrap()]))
+            .await
+            .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("in use") && err.contains(&peer.dns.to_string()),
+        "{err}"
+    );
+    // The first instance keeps serving.
+    let m = udp(peer.dns, &Q::new("web.default.svc.fleet.", RecordType::A)).await;
+    assert_eq!(answers(&m), vec!["10.96.0.10"]);
+}
+
+/// `fleetdns demo` from a directory without `config/demo`: the embedded files, served on
+/// 127.0.0.1:8853, stopped cleanly by Ctrl-C (SIGINT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_demo_serves_the_embedded_fleet_and_stops_on_ctrl_c() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = fleetdns()
+        .arg("demo")
+        .current_dir(cwd.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let printed = tokio::time::timeout(TIMEOUT, printed)
+        .await
+        .expect("demo printed its banner")
+        .unwrap();
+    assert!(
+        printed.iter().any(|l| l.contains("dig @127.0.0.1 -p 8853")),
+        "{printed:?}"
+    );
+
+    let dns = "127.0.0.1:8853".parse().unwrap();
+    let m = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let m = udp(dns, &Q::new("web.default.svc.fleet.", RecordType::A)).await;
+            if m.metadata.response_code == hickory_proto::op::ResponseCode::NoError {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("demo became ready");
+    assert_eq!(answers(&m), vec!["10.96.0.10"]);
+    let m = tcp(dns, &Q::new("catalog.shop.svc.fleet.", RecordType::AAAA)).await;
+    assert_eq!(answers(&m), vec!["2001:db8:b::30"]);
+
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "demo exits 0 on Ctrl-C: {status:?}");
+}
