@@ -47,7 +47,9 @@ fn write_config(dir: &Path, config: &str, files: &[(&str, &str)]) -> PathBuf {
 #[test]
 fn check_names_the_bad_key_or_value_and_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[(&str, &str)], &[&str]); 5] = [
+    // (config, services files to write, what the error must name)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 5] = [
         (
             "fleet: f\ncluster: svc\nsource: {file: a.yaml}\n",
             &[],
