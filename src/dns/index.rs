@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, Record, RecordType};
 use rustc_hash::FxHashMap;
 
+use crate::dns::encode::{MessageWriter, wire_name};
 use crate::dns::wire::{self, Ede, Parsed, ReplyHeader, rcode, types};
 use crate::dns::zone::Zone;
 
@@ -92,29 +92,15 @@ pub struct AnswerIndex {
     soa_tail: Box<[u8]>,
 }
 
-fn wire_name(name: &Name) -> Vec<u8> {
-    let mut out = Vec::with_capacity(name.len() + 1);
-    for label in name.iter() {
-        out.push(label.len() as u8);
-        out.extend(label.iter().map(u8::to_ascii_lowercase));
-    }
-    out.push(0);
-    out
-}
-
 /// Encodes `answers` (+ `additionals`) as they follow the question `(owner, rtype)`.
 fn encode(owner: &Name, rtype: RecordType, answers: &[Record], additionals: &[Record]) -> Encoded {
-    let mut msg = Message::new(0, MessageType::Response, OpCode::Query);
-    msg.add_query(Query::query(owner.clone(), rtype));
-    msg.add_answers(answers.iter().cloned());
-    msg.add_additionals(additionals.iter().cloned());
-    let bytes = msg
-        .to_vec()
-        .expect("encoding records built from validated names cannot fail");
-    let question_len = owner.len() + 1 + 4;
+    let mut w = MessageWriter::new(owner, u16::from(rtype));
+    for r in answers.iter().chain(additionals) {
+        w.record(r);
+    }
     Encoded {
         counts: [answers.len() as u16, 0, additionals.len() as u16],
-        body: bytes[wire::HEADER_LEN + question_len..].into(),
+        body: w.into_body(),
     }
 }
 
@@ -136,15 +122,17 @@ fn build_answer(
     let budget = tcp_budget(question_len);
     let answer_only = minimal.as_ref().unwrap_or(&full);
     let capped = (answer_only.body.len() > budget).then(|| {
-        // Records have similar sizes: start from a proportional guess, then step down.
-        let mut n = answers.len() * budget / answer_only.body.len();
-        loop {
-            let e = encode(owner, rtype, &answers[..n], &[]);
-            if e.body.len() <= budget || n == 0 {
-                return e;
+        // Keep records in policy order while they fit.
+        let mut w = MessageWriter::new(owner, u16::from(rtype));
+        let mut n = 0;
+        for r in answers {
+            w.record(r);
+            if w.body_len() > budget {
+                break;
             }
-            n -= 1;
+            n += 1;
         }
+        encode(owner, rtype, &answers[..n], &[])
     });
     Answer {
         full,
@@ -459,4 +447,97 @@ fn write_reply_start(
         },
     );
     out.extend_from_slice(&packet[wire::HEADER_LEN..query.question_end]);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use hickory_proto::rr::RData;
+    use hickory_proto::rr::rdata::AAAA;
+
+    use super::*;
+
+    fn index_with(owner: &str, records: Vec<Record>) -> AnswerIndex {
+        let apex = Name::from_ascii("fleet.").unwrap();
+        let mut names = std::collections::BTreeMap::new();
+        let soa = Record::from_rdata(
+            apex.clone(),
+            5,
+            RData::SOA(hickory_proto::rr::rdata::SOA::new(
+                Name::from_ascii("ns.fleet.").unwrap(),
+                Name::from_ascii("hostmaster.fleet.").unwrap(),
+                1,
+                7200,
+                1800,
+                86400,
+                5,
+            )),
+        );
+        names.insert(
+            apex.clone(),
+            [(RecordType::SOA, vec![soa])].into_iter().collect(),
+        );
+        let owner = Name::from_ascii(owner).unwrap();
+        let rtype = records[0].record_type();
+        names.insert(owner, [(rtype, records)].into_iter().collect());
+        AnswerIndex::build(&Zone {
+            apex,
+            negative_ttl: 5,
+            names,
+            skipped: vec![],
+        })
+    }
+
+    fn wire(name: &str) -> Vec<u8> {
+        wire_name(&Name::from_ascii(name).unwrap())
+    }
+
+    #[test]
+    fn apex_offset_is_label_aligned() {
+        let idx = index_with(
+            "a.b.fleet.",
+            vec![Record::from_rdata(
+                Name::from_ascii("a.b.fleet.").unwrap(),
+                5,
+                RData::A(hickory_proto::rr::rdata::A([10, 0, 0, 1].into())),
+            )],
+        );
+        assert_eq!(idx.apex_offset(&wire("fleet.")), Some(0));
+        assert_eq!(idx.apex_offset(&wire("x.fleet.")), Some(2));
+        assert_eq!(idx.apex_offset(&wire("xfleet.")), None);
+        assert_eq!(idx.apex_offset(&wire("fleet.x.")), None);
+        assert_eq!(idx.apex_offset(&wire(".")), None);
+        // Every ancestor of an owner exists: b.fleet. is an empty non-terminal.
+        assert!(idx.names.contains_key(&wire("b.fleet.")[..]));
+        assert!(idx.names[&wire("b.fleet.")[..]].answers.is_empty());
+    }
+
+    #[test]
+    fn oversized_rrsets_get_a_capped_tcp_form_that_fits() {
+        let owner = "big.default.east.fleet.";
+        let records: Vec<Record> = (0..5000u32)
+            .map(|i| {
+                Record::from_rdata(
+                    Name::from_ascii(owner).unwrap(),
+                    5,
+                    RData::AAAA(AAAA(Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i)))),
+                )
+            })
+            .collect();
+        let idx = index_with(owner, records);
+        let entry = &idx.names[&wire(owner)[..]];
+        let answer = &entry.answers[0].1;
+        let capped = answer
+            .capped
+            .as_ref()
+            .expect("5,000 AAAA records exceed 65,535 octets");
+        let question_len = wire(owner).len() + 4;
+        assert!(capped.body.len() <= tcp_budget(question_len));
+        assert!(
+            capped.counts[0] > 2000 && capped.counts[0] < 5000,
+            "{}",
+            capped.counts[0]
+        );
+    }
 }

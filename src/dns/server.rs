@@ -113,14 +113,15 @@ impl BoundDns {
 }
 
 fn count(stats: &WorkerStats, outcome: &Outcome) {
+    // Before the early return: a packet too short to parse is dropped *and* malformed.
+    if outcome.malformed {
+        stats.malformed();
+    }
     if !outcome.replied {
         stats.dropped();
         return;
     }
     stats.query(outcome.qtype, outcome.rcode);
-    if outcome.malformed {
-        stats.malformed();
-    }
     if outcome.truncated {
         stats.truncated();
     }

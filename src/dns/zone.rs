@@ -14,8 +14,9 @@ use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::config::ZoneName;
-use crate::model::{ClusterId, ServiceKey, ServicePort};
-use crate::view::{FleetView, Served, ServedService};
+use crate::dns::names::{FleetName, Tree};
+use crate::model::{ClusterId, ServiceKey};
+use crate::view::{FleetView, Served, ServedEndpoint, ServedService};
 
 /// Zone-wide parameters that are not part of the view.
 #[derive(Debug, Clone)]
@@ -56,12 +57,14 @@ struct Builder {
 }
 
 impl Builder {
-    /// `labels` are relative to the apex, leftmost first.
-    fn name(&mut self, labels: &[&str]) -> Option<Name> {
-        let mut name = self.apex.clone();
+    /// The owner name of `name` under the apex; `None` (and recorded) when it would be
+    /// longer than 255 octets.
+    fn name(&mut self, name: &FleetName) -> Option<Name> {
+        let labels = name.labels();
+        let mut owner = self.apex.clone();
         for label in labels.iter().rev() {
-            match name.prepend_label(*label) {
-                Ok(n) => name = n,
+            match owner.prepend_label(label.as_str()) {
+                Ok(n) => owner = n,
                 Err(_) => {
                     self.skipped.push(format!(
                         "{}.{}: longer than 255 octets",
@@ -72,7 +75,7 @@ impl Builder {
                 }
             }
         }
-        Some(name)
+        Some(owner)
     }
 
     fn add(&mut self, owner: &Name, ttl: u32, rdata: RData) {
@@ -100,14 +103,6 @@ impl Builder {
     }
 }
 
-fn srv_labels(port: &ServicePort) -> Option<(String, String)> {
-    let name = port.name.as_ref()?;
-    Some((
-        format!("_{name}"),
-        format!("_{}", port.protocol.srv_label()),
-    ))
-}
-
 impl Zone {
     pub fn build(view: &FleetView, params: &ZoneParams) -> Self {
         let apex = Name::from_ascii(params.apex.as_str()).expect("ZoneName is a valid name");
@@ -117,8 +112,12 @@ impl Zone {
             names: BTreeMap::new(),
             skipped: Vec::new(),
         };
-        let ns_name = b.name(&["ns"]).expect("ns under a validated apex fits");
-        let hostmaster = b.name(&["hostmaster"]).expect("fits");
+        let ns_name = b
+            .name(&FleetName::Ns)
+            .expect("ns under a validated apex fits");
+        let hostmaster = apex
+            .prepend_label("hostmaster")
+            .expect("fits under a validated apex");
         // The SOA's own TTL is the negative TTL everywhere (DESIGN.md §1, RFC 2308 §3).
         b.add(
             &apex,
@@ -135,7 +134,7 @@ impl Zone {
         );
         b.add(&apex, params.ttl, RData::NS(NS(ns_name.clone())));
         b.add_addresses(&ns_name, params.advertise);
-        let version = b.name(&["dns-version"]).expect("fits");
+        let version = b.name(&FleetName::DnsVersion).expect("fits");
         b.add(
             &version,
             params.ttl,
@@ -143,7 +142,7 @@ impl Zone {
         );
 
         for (id, cluster) in &view.clusters {
-            if let Some(owner) = b.name(&[id.as_str()]) {
+            if let Some(owner) = b.name(&FleetName::Cluster(id.clone())) {
                 let mut strings = vec![format!("cluster={id}")];
                 strings.extend(cluster.labels.iter().map(|(k, v)| format!("{k}={v}")));
                 b.add(&owner, params.ttl, RData::TXT(TXT::new(strings)));
@@ -154,7 +153,11 @@ impl Zone {
         }
 
         for (key, merged) in &view.merged {
-            let Some(owner) = b.name(&[key.name.as_str(), key.namespace.as_str(), "svc"]) else {
+            let merged_name = FleetName::Service {
+                tree: Tree::Merged,
+                key: key.clone(),
+            };
+            let Some(owner) = b.name(&merged_name) else {
                 continue;
             };
             for cluster_id in &merged.chosen {
@@ -165,7 +168,7 @@ impl Zone {
                 } else {
                     SRV_PRIORITY_OTHER
                 };
-                add_srv(&mut b, &owner, cluster_id, key, svc, priority);
+                add_srv(&mut b, Tree::Merged, cluster_id, key, svc, priority);
             }
         }
 
@@ -207,60 +210,78 @@ fn add_cluster_service(
     key: &ServiceKey,
     svc: &ServedService,
 ) {
-    let labels = [key.name.as_str(), key.namespace.as_str(), cluster.as_str()];
-    let Some(owner) = b.name(&labels) else { return };
+    let service_name = FleetName::Service {
+        tree: Tree::Cluster(cluster.clone()),
+        key: key.clone(),
+    };
+    let Some(owner) = b.name(&service_name) else {
+        return;
+    };
     match &svc.served {
         Served::Nothing { .. } => return,
         Served::Vip { addresses, .. } => b.add_addresses(&owner, addresses.iter().copied()),
         Served::Endpoints { endpoints } => {
             for e in endpoints {
                 b.add_addresses(&owner, e.addresses.iter().copied());
-                if let Some(host) = b.name(&[e.label.as_str(), labels[0], labels[1], labels[2]]) {
+                if let Some(host) = b.name(&endpoint_name(e, cluster, key)) {
                     b.add_addresses(&host, e.addresses.iter().copied());
                 }
             }
         }
     }
-    add_srv(b, &owner, cluster, key, svc, SRV_PRIORITY_LOCAL);
+    add_srv(
+        b,
+        Tree::Cluster(cluster.clone()),
+        cluster,
+        key,
+        svc,
+        SRV_PRIORITY_LOCAL,
+    );
 }
 
-/// SRV records under `owner` (a per-cluster or merged service name) for one cluster's
-/// export: one per named port, × per-endpoint name in endpoints mode.
+fn endpoint_name(e: &ServedEndpoint, cluster: &ClusterId, key: &ServiceKey) -> FleetName {
+    FleetName::Endpoint {
+        host: e.label.clone(),
+        cluster: cluster.clone(),
+        key: key.clone(),
+    }
+}
+
+/// SRV records in `tree` for one cluster's export: one per named port, × per-endpoint
+/// name in endpoints mode. Targets are always that cluster's own names.
 fn add_srv(
     b: &mut Builder,
-    owner_service: &Name,
+    tree: Tree,
     cluster: &ClusterId,
     key: &ServiceKey,
     svc: &ServedService,
     priority: u16,
 ) {
-    let service_labels = [key.name.as_str(), key.namespace.as_str(), cluster.as_str()];
     let targets: Vec<Name> = match &svc.served {
         Served::Nothing { .. } => return,
-        Served::Vip { .. } => b.name(&service_labels).into_iter().collect(),
+        Served::Vip { .. } => b
+            .name(&FleetName::Service {
+                tree: Tree::Cluster(cluster.clone()),
+                key: key.clone(),
+            })
+            .into_iter()
+            .collect(),
         Served::Endpoints { endpoints } => endpoints
             .iter()
-            .filter_map(|e| {
-                b.name(&[
-                    e.label.as_str(),
-                    service_labels[0],
-                    service_labels[1],
-                    service_labels[2],
-                ])
-            })
+            .filter_map(|e| b.name(&endpoint_name(e, cluster, key)))
             .collect(),
     };
     for port in &svc.export.ports {
-        let Some((port_label, proto_label)) = srv_labels(port) else {
+        let Some(port_name) = &port.name else {
             continue;
         };
-        let Ok(owner) = owner_service
-            .prepend_label(proto_label.as_str())
-            .and_then(|n| n.prepend_label(port_label.as_str()))
-        else {
-            b.skipped.push(format!(
-                "{port_label}.{proto_label}.{owner_service}: longer than 255 octets"
-            ));
+        let srv_name = FleetName::Srv {
+            port: port_name.clone(),
+            protocol: port.protocol,
+            tree: tree.clone(),
+            key: key.clone(),
+        };
+        let Some(owner) = b.name(&srv_name) else {
             continue;
         };
         for target in &targets {
@@ -302,4 +323,147 @@ fn write_record(out: &mut String, record: &Record) {
         record.record_type(),
         data
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::NetworkConfig;
+    use crate::dns::names::FleetName;
+    use crate::model::{
+        Endpoint, HostLabel, LocalExports, Namespace, Policy, PortName, Protocol, ServiceExport,
+        ServiceName, ServicePort,
+    };
+    use crate::view::{ClusterInput, ClusterState};
+
+    fn export(
+        name: &str,
+        ns: &str,
+        headless: bool,
+        hosts: &[(String, u8)],
+        ports: &[String],
+    ) -> ServiceExport {
+        ServiceExport {
+            key: ServiceKey {
+                name: ServiceName::parse(name).unwrap(),
+                namespace: Namespace::parse(ns).unwrap(),
+            },
+            ports: ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| ServicePort {
+                    name: Some(PortName::parse(p).unwrap()),
+                    port: 1000 + i as u16,
+                    protocol: if i % 2 == 0 {
+                        Protocol::Tcp
+                    } else {
+                        Protocol::Udp
+                    },
+                })
+                .collect(),
+            cluster_ips: if headless {
+                vec![]
+            } else {
+                vec!["10.96.0.1".parse().unwrap()]
+            },
+            ingress: vec!["203.0.113.1".parse().unwrap()],
+            endpoints: hosts
+                .iter()
+                .map(|(h, last)| Endpoint {
+                    address: IpAddr::from([10, 1, 0, *last]),
+                    hostname: Some(HostLabel::parse(h).unwrap()),
+                    pod_name: None,
+                    ready: true,
+                    zone: None,
+                })
+                .collect(),
+            headless,
+            addresses: None,
+            policy: Policy::All,
+        }
+    }
+
+    fn params() -> ZoneParams {
+        ZoneParams {
+            apex: ZoneName::parse("fleet.").unwrap(),
+            ttl: 5,
+            negative_ttl: 5,
+            serial: 1,
+            advertise: Some("127.0.0.1".parse().unwrap()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Every owner name the zone produces is a name of the grammar, and reads back.
+        #[test]
+        fn every_owner_name_parses_back(
+            services in proptest::collection::vec(
+                ("[a-z][a-z0-9]{0,8}", "[a-z][a-z0-9]{0,8}", any::<bool>(),
+                 proptest::collection::vec(("[a-z][a-z0-9-]{0,6}[a-z0-9]", 1u8..250), 0..4),
+                 proptest::collection::vec("[a-z]{1,6}", 0..3)),
+                1..8),
+            clusters in proptest::collection::btree_set("[a-z][a-z0-9]{0,6}", 1..4),
+        ) {
+            let mut inputs = BTreeMap::new();
+            for c in &clusters {
+                let Ok(id) = ClusterId::parse(c) else { continue };
+                let mut exports = LocalExports::empty(id.clone());
+                for (name, ns, headless, hosts, ports) in &services {
+                    let mut ports = ports.clone();
+                    ports.sort();
+                    ports.dedup();
+                    let e = export(name, ns, *headless, hosts, &ports);
+                    exports.services.insert(e.key.clone(), Arc::new(e));
+                }
+                inputs.insert(id, ClusterInput { exports: Arc::new(exports), state: ClusterState::Live });
+            }
+            let Some(local) = inputs.keys().next().cloned() else { return Ok(()) };
+            let view = FleetView::build(&local, &NetworkConfig { connected: true, ..Default::default() }, &inputs);
+            let zone = Zone::build(&view, &params());
+            let apex_labels = zone.apex.num_labels() as usize;
+            for owner in zone.names.keys() {
+                let labels: Vec<String> = owner
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(l).into_owned())
+                    .collect();
+                let relative: Vec<&str> = labels[..labels.len() - apex_labels].iter().map(String::as_str).collect();
+                let parsed = FleetName::parse(&relative);
+                prop_assert!(parsed.is_some(), "{} is not a grammar name", owner);
+                prop_assert_eq!(parsed.unwrap().labels(), relative.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn zone_file_lists_the_soa_first_and_quotes_txt() {
+        let id = ClusterId::parse("east").unwrap();
+        let mut exports = LocalExports::empty(id.clone());
+        exports.labels.insert("note".into(), "say \"hi\"".into());
+        let inputs = BTreeMap::from([(
+            id.clone(),
+            ClusterInput {
+                exports: Arc::new(exports),
+                state: ClusterState::Live,
+            },
+        )]);
+        let view = FleetView::build(&id, &NetworkConfig::default(), &inputs);
+        let text = Zone::build(&view, &params()).to_zone_file();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("$ORIGIN fleet."));
+        assert_eq!(
+            lines.next(),
+            Some("fleet. 5 IN SOA ns.fleet. hostmaster.fleet. 1 7200 1800 86400 5")
+        );
+        assert!(
+            text.contains(r#"east.fleet. 5 IN TXT "cluster=east" "note=say \"hi\"""#),
+            "{text}"
+        );
+    }
 }
