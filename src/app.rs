@@ -51,8 +51,6 @@ pub struct App {
     tasks: JoinSet<()>,
 }
 
-const WAITING_FOR_SOURCE: &str = "the first full read of every services file";
-
 impl App {
     /// Binds every listener (failing fast on a taken address) and starts serving.
     pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Self> {
@@ -62,7 +60,7 @@ impl App {
         let initial = builder.next(
             &BTreeMap::new(),
             Readiness::NotReady,
-            vec![WAITING_FOR_SOURCE.into()],
+            vec!["the first read of every services file".into()],
             options.clock.unix_seconds(),
         );
         let (generation_tx, generation) = watch::channel(initial.generation);
@@ -182,10 +180,9 @@ async fn publish_loop(
             _ = cancel.cancelled() => return,
             changed = source.changed() => if changed.is_err() { return },
         }
-        let Some(clusters) = source.borrow_and_update().clone() else {
-            continue;
-        };
-        let inputs: BTreeMap<_, _> = clusters
+        let state = source.borrow_and_update().clone();
+        let inputs: BTreeMap<_, _> = state
+            .loaded
             .into_iter()
             .map(|(id, exports)| {
                 (
@@ -197,7 +194,17 @@ async fn publish_loop(
                 )
             })
             .collect();
-        let next = builder.next(&inputs, Readiness::Ready, Vec::new(), clock.unix_seconds());
+        let (readiness, waiting_for) = if state.pending.is_empty() {
+            (Readiness::Ready, Vec::new())
+        } else {
+            let waiting = state
+                .pending
+                .iter()
+                .map(|(cluster, why)| format!("services file of cluster {cluster}: {why}"))
+                .collect();
+            (Readiness::NotReady, waiting)
+        };
+        let next = builder.next(&inputs, readiness, waiting_for, clock.unix_seconds());
         let per_cluster: Vec<(String, u64)> = next
             .view
             .clusters
@@ -205,7 +212,7 @@ async fn publish_loop(
             .map(|(id, c)| (id.to_string(), c.services.len() as u64))
             .collect();
         metrics.set_view(next.generation, &per_cluster);
-        metrics.set_ready(true);
+        metrics.set_ready(next.readiness == Readiness::Ready);
         tracing::info!(
             generation = next.generation,
             serial = next.serial,

@@ -337,10 +337,12 @@ impl AnswerIndex {
         let refused = query.qclass != types::CLASS_IN
             || query.qtype == types::AXFR
             || query.qtype == types::IXFR;
+        let mut qname_buf = [0u8; wire::MAX_NAME_LEN];
+        let qname = query.qname_lower(packet, &mut qname_buf);
         let apex_offset = if refused {
             None
         } else {
-            self.apex_offset(query.qname())
+            self.apex_offset(qname)
         };
         let Some(apex_offset) = apex_offset else {
             outcome.rcode = rcode::REFUSED;
@@ -360,7 +362,7 @@ impl AnswerIndex {
             0
         };
         let fits = |e: &Encoded| wire::HEADER_LEN + question_len + e.body.len() + opt_len <= limit;
-        let entry = self.names.get(query.qname());
+        let entry = self.names.get(qname);
         let answer = entry.and_then(|entry| {
             if query.qtype == types::ANY {
                 entry.any.as_deref()

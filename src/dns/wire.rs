@@ -65,18 +65,22 @@ pub struct Query {
     pub rd: bool,
     /// End of the question section: `packet[12..question_end]` is the question as sent.
     pub question_end: usize,
-    /// Wire length of the question name.
+    /// Wire length of the question name (it starts at offset 12, uncompressed).
     pub qname_len: usize,
-    /// The question name in wire form, ASCII-lowercased (only `qname_len` bytes are used).
-    pub qname_lower: [u8; MAX_NAME_LEN],
     pub qtype: u16,
     pub qclass: u16,
     pub edns: Option<Edns>,
 }
 
 impl Query {
-    pub fn qname(&self) -> &[u8] {
-        &self.qname_lower[..self.qname_len]
+    /// The question name in wire form, ASCII-lowercased into `buf` (on the caller's
+    /// stack, so parsing never allocates).
+    pub fn qname_lower<'a>(&self, packet: &[u8], buf: &'a mut [u8; MAX_NAME_LEN]) -> &'a [u8] {
+        let name = &packet[HEADER_LEN..HEADER_LEN + self.qname_len];
+        for (dst, src) in buf.iter_mut().zip(name) {
+            *dst = src.to_ascii_lowercase();
+        }
+        &buf[..self.qname_len]
     }
 }
 
@@ -96,7 +100,7 @@ pub struct Rejection {
 
 #[derive(Debug, Clone)]
 pub enum Parsed {
-    Query(Box<Query>),
+    Query(Query),
     Reject(Rejection),
     /// No reply at all: shorter than a header, or a response (QR=1).
     Drop,
@@ -250,21 +254,15 @@ pub fn parse(packet: &[u8]) -> Parsed {
         return reject(rcode::FORMERR, Some(*question_end), edns, false);
     }
 
-    let mut qname_lower = [0u8; MAX_NAME_LEN];
-    let name = &packet[HEADER_LEN..HEADER_LEN + span.wire_len];
-    for (dst, src) in qname_lower.iter_mut().zip(name) {
-        *dst = src.to_ascii_lowercase();
-    }
-    Parsed::Query(Box::new(Query {
+    Parsed::Query(Query {
         id,
         rd,
         question_end: *question_end,
         qname_len: span.wire_len,
-        qname_lower,
         qtype: *qtype,
         qclass: *qclass,
         edns,
-    }))
+    })
 }
 
 fn options_well_formed(mut rdata: &[u8]) -> bool {
@@ -418,7 +416,7 @@ mod tests {
         m.to_vec().unwrap()
     }
 
-    fn expect_query(p: Parsed) -> Box<Query> {
+    fn expect_query(p: Parsed) -> Query {
         match p {
             Parsed::Query(q) => q,
             other => panic!("expected a query, got {other:?}"),
@@ -438,7 +436,11 @@ mod tests {
         let q = expect_query(parse(&bytes));
         assert_eq!(q.id, 0x1234);
         assert!(q.rd);
-        assert_eq!(q.qname(), b"\x03web\x07default\x04east\x05fleet\x00");
+        let mut buf = [0u8; MAX_NAME_LEN];
+        assert_eq!(
+            q.qname_lower(&bytes, &mut buf),
+            b"\x03web\x07default\x04east\x05fleet\x00"
+        );
         assert_eq!(q.qtype, types::A);
         assert_eq!(q.question_end, bytes.len());
         assert_eq!(&bytes[12..16], b"\x03WeB");
@@ -609,7 +611,8 @@ mod tests {
                         expected.extend_from_slice(label);
                     }
                     expected.push(0);
-                    prop_assert_eq!(q.qname(), &expected[..]);
+                    let mut buf = [0u8; MAX_NAME_LEN];
+                    prop_assert_eq!(q.qname_lower(&bytes, &mut buf), &expected[..]);
                     prop_assert_eq!(q.edns.map(|e| e.udp_size), oracle.edns.as_ref().map(|e| e.max_payload()));
                 }
                 Parsed::Reject(r) => {

@@ -268,9 +268,21 @@ pub fn load_services_file(
     parse_services_file(&text, &path.display().to_string(), cluster)
 }
 
-/// The latest good exports of every cluster a file source reads. `None` until every
-/// file has parsed once (the source's "first full sync").
-pub type FileSourceState = Option<BTreeMap<ClusterId, Arc<LocalExports>>>;
+/// What a file source has read so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileSourceState {
+    /// The latest good exports of every cluster whose file has parsed at least once.
+    pub loaded: BTreeMap<ClusterId, Arc<LocalExports>>,
+    /// Clusters whose file has never parsed, with why ("not read yet", the error).
+    pub pending: BTreeMap<ClusterId, String>,
+}
+
+impl FileSourceState {
+    /// Every file has parsed once: the source's first full sync is done.
+    pub fn complete(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
 
 /// Watches every file and publishes the latest good state of all of them together.
 pub fn spawn_file_source(
@@ -278,16 +290,22 @@ pub fn spawn_file_source(
     settings: WatchSettings,
     cancel: CancellationToken,
 ) -> watch::Receiver<FileSourceState> {
-    let (tx, rx) = watch::channel(None);
-    let (merge_tx, mut merge_rx) = tokio::sync::mpsc::channel::<(ClusterId, LocalExports)>(16);
-    let expected = files.len();
+    let mut state = FileSourceState::default();
+    for (cluster, path) in &files {
+        state
+            .pending
+            .insert(cluster.clone(), format!("{}: not read yet", path.display()));
+    }
+    let (tx, rx) = watch::channel(state.clone());
+    let (merge_tx, mut merge_rx) =
+        tokio::sync::mpsc::channel::<(ClusterId, Result<LocalExports, String>)>(16);
     for (cluster, path) in files {
         let mut events = spawn_file_watch(path.clone(), settings.clone(), cancel.clone());
         let merge_tx = merge_tx.clone();
         tokio::spawn(async move {
             let origin = path.display().to_string();
             while let Some(event) = events.recv().await {
-                match event {
+                let result = match event {
                     FileEvent::Content(bytes) => {
                         let text = String::from_utf8_lossy(&bytes);
                         match parse_services_file(&text, &origin, &cluster) {
@@ -298,35 +316,50 @@ pub fn spawn_file_source(
                                     services = exports.services.len(),
                                     "services file loaded"
                                 );
-                                if merge_tx.send((cluster.clone(), exports)).await.is_err() {
-                                    return;
-                                }
+                                Ok(exports)
                             }
-                            Err(err) => tracing::error!(
-                                cluster = %cluster,
-                                error = %err,
-                                "invalid services file; keeping the last good state"
-                            ),
+                            Err(err) => {
+                                tracing::error!(
+                                    cluster = %cluster,
+                                    error = %err,
+                                    "invalid services file; keeping the last good state"
+                                );
+                                Err(err.to_string())
+                            }
                         }
                     }
-                    FileEvent::Unreadable(err) => tracing::warn!(
-                        cluster = %cluster,
-                        path = %origin,
-                        error = %err,
-                        "services file unreadable; keeping the last good state"
-                    ),
+                    FileEvent::Unreadable(err) => {
+                        tracing::warn!(
+                            cluster = %cluster,
+                            path = %origin,
+                            error = %err,
+                            "services file unreadable; keeping the last good state"
+                        );
+                        Err(format!("{origin}: {err}"))
+                    }
+                };
+                if merge_tx.send((cluster.clone(), result)).await.is_err() {
+                    return;
                 }
             }
         });
     }
     drop(merge_tx);
     tokio::spawn(async move {
-        let mut latest: BTreeMap<ClusterId, Arc<LocalExports>> = BTreeMap::new();
-        while let Some((cluster, exports)) = merge_rx.recv().await {
-            latest.insert(cluster, Arc::new(exports));
-            if latest.len() == expected {
-                tx.send_replace(Some(latest.clone()));
+        while let Some((cluster, result)) = merge_rx.recv().await {
+            match result {
+                Ok(exports) => {
+                    state.pending.remove(&cluster);
+                    state.loaded.insert(cluster, Arc::new(exports));
+                }
+                // A file that parsed once keeps its last good state; one that never
+                // did says why it is still pending.
+                Err(reason) if !state.loaded.contains_key(&cluster) => {
+                    state.pending.insert(cluster, reason);
+                }
+                Err(_) => continue,
             }
+            tx.send_replace(state.clone());
         }
     });
     rx
@@ -429,5 +462,67 @@ services:
         let h = e.services.values().next().unwrap();
         assert_eq!(h.endpoints.len(), 1);
         assert!(h.endpoints[0].ready);
+    }
+
+    #[tokio::test]
+    async fn source_is_complete_once_every_file_parsed_and_keeps_the_last_good_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let west = ClusterId::parse("west").unwrap();
+        std::fs::write(dir.path().join("east.yaml"), "services: []\n").unwrap();
+        let files = BTreeMap::from([
+            (east(), dir.path().join("east.yaml")),
+            (west.clone(), dir.path().join("west.yaml")),
+        ]);
+        let settings = WatchSettings {
+            debounce: std::time::Duration::from_millis(10),
+            poll_interval: std::time::Duration::from_millis(100),
+            use_notify: true,
+        };
+        let cancel = CancellationToken::new();
+        let mut rx = spawn_file_source(files, settings, cancel.clone());
+        let wait = |rx: &mut watch::Receiver<FileSourceState>,
+                    what: &'static str,
+                    f: fn(&FileSourceState) -> bool| {
+            let mut rx = rx.clone();
+            async move {
+                tokio::time::timeout(std::time::Duration::from_secs(10), rx.wait_for(f))
+                    .await
+                    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                    .unwrap()
+                    .clone()
+            }
+        };
+        let s = wait(&mut rx, "east loaded", |s| {
+            s.loaded.len() == 1 && s.pending.values().any(|w| !w.contains("not read yet"))
+        })
+        .await;
+        assert!(!s.complete());
+        assert!(s.pending[&west].contains("west.yaml"), "{:?}", s.pending);
+
+        std::fs::write(
+            dir.path().join("west.yaml"),
+            "services:\n  - {name: web, namespace: default, ingress: [192.0.2.1]}\n",
+        )
+        .unwrap();
+        let s = wait(&mut rx, "complete", FileSourceState::complete).await;
+        assert_eq!(s.loaded[&west].services.len(), 1);
+
+        std::fs::write(dir.path().join("west.yaml"), "services: [oops\n").unwrap();
+        std::fs::write(
+            dir.path().join("east.yaml"),
+            "services:\n  - {name: api, namespace: default, ingress: [192.0.2.2]}\n",
+        )
+        .unwrap();
+        let s = wait(&mut rx, "east edit", |s| {
+            s.loaded[&ClusterId::parse("east").unwrap()].services.len() == 1
+        })
+        .await;
+        assert!(s.complete());
+        assert_eq!(
+            s.loaded[&west].services.len(),
+            1,
+            "west keeps its last good state"
+        );
+        cancel.cancel();
     }
 }
