@@ -250,21 +250,18 @@ fn load_all(config: &Config) -> anyhow::Result<BTreeMap<crate::model::ClusterId,
 }
 
 /// `fleetdns check`: validates the config and every services file it names.
-pub fn check(path: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, CheckSummary)> {
+pub fn check(path: &std::path::Path) -> anyhow::Result<CheckSummary> {
     let config = Config::load(path)?;
     let inputs = load_all(&config)?;
     let lines = inputs
         .iter()
         .map(|(id, input)| format!("cluster {id}: {} services", input.exports.services.len()))
         .collect();
-    Ok((
-        path.to_path_buf(),
-        CheckSummary {
-            cluster: config.cluster.to_string(),
-            zone: config.zone.as_str().to_string(),
-            lines,
-        },
-    ))
+    Ok(CheckSummary {
+        cluster: config.cluster.to_string(),
+        zone: config.zone.as_str().to_string(),
+        lines,
+    })
 }
 
 /// `fleetdns dump-zone`: the zone this config serves, as an RFC 1035 zone file.

@@ -110,10 +110,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serve_until_signal(app).await
         }
         Command::Check { config } => {
-            let (config, summary) = fleetdns::app::check(&config)?;
+            let summary = fleetdns::app::check(&config)?;
             println!(
                 "{}: ok (cluster {}, zone {})",
-                config_display(&config),
+                config.display(),
                 summary.cluster,
                 summary.zone
             );
@@ -132,10 +132,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn config_display(path: &std::path::Path) -> String {
-    path.display().to_string()
 }
 
 async fn serve_until_signal(app: App) -> anyhow::Result<()> {
