@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::dns::index::{Readiness, ReplySettings};
 use crate::dns::server::{BoundDns, TcpLimits};
 use crate::metrics::Metrics;
-use crate::snapshot::{SharedSnapshot, Snapshot, SnapshotBuilder, SnapshotSettings};
+use crate::snapshot::{Engine, SharedSnapshot, Snapshot, SnapshotSettings};
 use crate::source::file::{FileSourceState, spawn_file_source};
 use crate::source::watch::WatchSettings;
 use crate::view::{ClusterInput, ClusterState};
@@ -56,9 +56,9 @@ impl App {
     pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
-        let mut builder = SnapshotBuilder::new(SnapshotSettings::from_config(&config));
-        let initial = builder.next(
-            &BTreeMap::new(),
+        let mut engine = Engine::new(SnapshotSettings::from_config(&config));
+        let initial = engine.apply(
+            BTreeMap::new(),
             Readiness::NotReady,
             vec!["the first read of every services file".into()],
             options.clock.unix_seconds(),
@@ -103,7 +103,7 @@ impl App {
         );
         tasks.spawn(publish_loop(
             source,
-            builder,
+            engine,
             snapshot.clone(),
             generation_tx,
             metrics.clone(),
@@ -167,7 +167,7 @@ impl App {
 
 async fn publish_loop(
     mut source: watch::Receiver<FileSourceState>,
-    mut builder: SnapshotBuilder,
+    mut engine: Engine,
     snapshot: SharedSnapshot,
     generation: watch::Sender<u64>,
     metrics: Arc<Metrics>,
@@ -204,7 +204,7 @@ async fn publish_loop(
                 .collect();
             (Readiness::NotReady, waiting)
         };
-        let next = builder.next(&inputs, readiness, waiting_for, clock.unix_seconds());
+        let next = engine.apply(inputs, readiness, waiting_for, clock.unix_seconds());
         let per_cluster: Vec<(String, u64)> = next
             .view
             .clusters
@@ -268,9 +268,9 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<CheckSummary> {
 pub fn dump_zone(path: &std::path::Path) -> anyhow::Result<String> {
     let config = Config::load(path)?;
     let inputs = load_all(&config)?;
-    let builder = SnapshotBuilder::new(SnapshotSettings::from_config(&config));
-    let view = builder.view(&inputs);
+    let settings = SnapshotSettings::from_config(&config);
+    let view = settings.view(&inputs);
     let serial = u32::try_from(SystemClock.unix_seconds()).unwrap_or(u32::MAX);
-    let zone = builder.zone(&view, serial);
+    let zone = crate::dns::zone::Zone::build(&view, &settings.zone_params(serial));
     Ok(zone.to_zone_file())
 }

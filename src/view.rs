@@ -102,12 +102,16 @@ impl ServedService {
     }
 }
 
+/// Persistent (structurally shared) ordered map: one change copies a path, not the map,
+/// so every snapshot can keep its own view cheaply.
+pub type SharedMap<K, V> = imbl::OrdMap<K, V>;
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClusterView {
     pub id: ClusterId,
     pub labels: BTreeMap<String, String>,
     pub state: ClusterState,
-    pub services: BTreeMap<ServiceKey, ServedService>,
+    pub services: SharedMap<ServiceKey, Arc<ServedService>>,
 }
 
 /// The merged `<svc>.<ns>.svc` name of one service.
@@ -124,73 +128,118 @@ pub struct MergedService {
 pub struct FleetView {
     pub local: ClusterId,
     pub clusters: BTreeMap<ClusterId, ClusterView>,
-    pub merged: BTreeMap<ServiceKey, MergedService>,
+    pub merged: SharedMap<ServiceKey, Arc<MergedService>>,
 }
 
 impl FleetView {
+    /// An empty view as seen from `local`.
+    pub fn empty(local: &ClusterId) -> Self {
+        Self {
+            local: local.clone(),
+            clusters: BTreeMap::new(),
+            merged: SharedMap::new(),
+        }
+    }
+
     /// Merges every cluster's exports as seen from `local`.
     pub fn build(
         local: &ClusterId,
         network: &NetworkConfig,
         inputs: &BTreeMap<ClusterId, ClusterInput>,
     ) -> Self {
-        let mut clusters = BTreeMap::new();
-        for (id, input) in inputs {
-            let is_local = id == local;
-            let services = input
-                .exports
-                .services
-                .iter()
-                .map(|(key, export)| (key.clone(), serve(export, is_local, network)))
-                .collect();
-            clusters.insert(
-                id.clone(),
-                ClusterView {
-                    id: id.clone(),
-                    labels: input.exports.labels.clone(),
-                    state: input.state,
-                    services,
-                },
-            );
-        }
+        let mut view = Self::empty(local);
+        view.sync_clusters(inputs);
+        let keys: std::collections::BTreeSet<&ServiceKey> = inputs
+            .values()
+            .flat_map(|i| i.exports.services.keys())
+            .collect();
+        view.update_keys(network, inputs, keys);
+        view
+    }
 
-        let mut merged: BTreeMap<ServiceKey, MergedService> = BTreeMap::new();
-        // Local cluster first, then the others in id order: the policy order.
-        let order = clusters
-            .get_key_value(local)
-            .into_iter()
-            .chain(clusters.iter().filter(|(id, _)| *id != local));
-        for (id, cluster) in order {
-            for (key, svc) in &cluster.services {
-                let entry = merged.entry(key.clone()).or_insert_with(|| MergedService {
-                    policy: Policy::default(),
-                    contributing: Vec::new(),
-                    chosen: Vec::new(),
+    /// Makes the cluster set, labels and states those of `inputs`. Services are not
+    /// touched: the caller updates the keys of clusters that came, went or changed state.
+    pub fn sync_clusters(&mut self, inputs: &BTreeMap<ClusterId, ClusterInput>) {
+        self.clusters.retain(|id, _| inputs.contains_key(id));
+        for (id, input) in inputs {
+            let cluster = self
+                .clusters
+                .entry(id.clone())
+                .or_insert_with(|| ClusterView {
+                    id: id.clone(),
+                    labels: BTreeMap::new(),
+                    state: input.state,
+                    services: SharedMap::new(),
                 });
-                if id == local {
-                    // The local export's policy decides; without a local export both
-                    // policies choose every contributing cluster anyway.
-                    entry.policy = svc.export.policy;
+            cluster.labels = input.exports.labels.clone();
+            cluster.state = input.state;
+        }
+    }
+
+    /// Recomputes what every cluster serves for `keys`, and their merged names, from
+    /// `inputs`. The cost is proportional to the keys and the number of clusters.
+    pub fn update_keys<'a>(
+        &mut self,
+        network: &NetworkConfig,
+        inputs: &BTreeMap<ClusterId, ClusterInput>,
+        keys: impl IntoIterator<Item = &'a ServiceKey>,
+    ) {
+        for key in keys {
+            for (id, cluster) in self.clusters.iter_mut() {
+                let export = inputs.get(id).and_then(|i| i.exports.services.get(key));
+                match export {
+                    Some(export) => {
+                        let served = serve(export, *id == self.local, network);
+                        cluster.services.insert(key.clone(), Arc::new(served));
+                    }
+                    None => {
+                        cluster.services.remove(key);
+                    }
                 }
-                if cluster.state == ClusterState::Live && svc.contributes() {
-                    entry.contributing.push(id.clone());
+            }
+            match self.merge(key) {
+                Some(m) => {
+                    self.merged.insert(key.clone(), Arc::new(m));
+                }
+                None => {
+                    self.merged.remove(key);
                 }
             }
         }
-        for entry in merged.values_mut() {
-            let local_contributes = entry.contributing.first() == Some(local);
-            entry.chosen = match entry.policy {
-                Policy::LocalPreferred if local_contributes => vec![local.clone()],
-                _ => entry.contributing.clone(),
-            };
-        }
-        merged.retain(|_, m| !m.chosen.is_empty());
+    }
 
-        Self {
-            local: local.clone(),
-            clusters,
-            merged,
+    /// The merged name of `key`, or `None` when no cluster is chosen.
+    fn merge(&self, key: &ServiceKey) -> Option<MergedService> {
+        let mut merged = MergedService {
+            policy: Policy::default(),
+            contributing: Vec::new(),
+            chosen: Vec::new(),
+        };
+        // Local cluster first, then the others in id order: the policy order.
+        let order = self
+            .clusters
+            .get_key_value(&self.local)
+            .into_iter()
+            .chain(self.clusters.iter().filter(|(id, _)| **id != self.local));
+        for (id, cluster) in order {
+            let Some(svc) = cluster.services.get(key) else {
+                continue;
+            };
+            if *id == self.local {
+                // The local export's policy decides; without a local export both
+                // policies choose every contributing cluster anyway.
+                merged.policy = svc.export.policy;
+            }
+            if cluster.state == ClusterState::Live && svc.contributes() {
+                merged.contributing.push(id.clone());
+            }
         }
+        let local_contributes = merged.contributing.first() == Some(&self.local);
+        merged.chosen = match merged.policy {
+            Policy::LocalPreferred if local_contributes => vec![self.local.clone()],
+            _ => merged.contributing.clone(),
+        };
+        (!merged.chosen.is_empty()).then_some(merged)
     }
 
     pub fn service_count(&self, cluster: &ClusterId) -> usize {

@@ -9,12 +9,15 @@
 
 use std::sync::Arc;
 
-use hickory_proto::rr::{Name, Record, RecordType};
+use std::collections::BTreeMap;
+use std::hash::Hasher as _;
+
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rustc_hash::FxHashMap;
 
 use crate::dns::encode::{MessageWriter, wire_name};
 use crate::dns::wire::{self, Ede, Parsed, ReplyHeader, rcode, types};
-use crate::dns::zone::Zone;
+use crate::dns::zone::{Group, GroupId, NameRrsets, Zone};
 
 /// Largest DNS message over TCP.
 pub const TCP_MAX: usize = 65_535;
@@ -38,7 +41,7 @@ struct Answer {
     capped: Option<Encoded>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct NameEntry {
     answers: Vec<(u16, Arc<Answer>)>,
     /// The ANY answer (RFC 8482): the A RRset, else the smallest RRset.
@@ -82,14 +85,16 @@ const NOT_READY: Ede = Ede {
     text: "Not Ready",
 };
 
+/// A published, immutable index: the DNS workers' view of the zone.
 #[derive(Debug)]
 pub struct AnswerIndex {
     /// The apex in lowercase wire form.
-    apex: Box<[u8]>,
-    names: FxHashMap<Box<[u8]>, NameEntry>,
+    apex: Arc<[u8]>,
+    shards: Arc<[Arc<Shard>]>,
     /// The SOA record after its owner name (type, class, TTL, RDATA), for negative
     /// answers, whose owner is a pointer to the apex inside the echoed question.
-    soa_tail: Box<[u8]>,
+    soa_tail: Arc<[u8]>,
+    names: usize,
 }
 
 /// Encodes `answers` (+ `additionals`) as they follow the question `(owner, rtype)`.
@@ -141,105 +146,257 @@ fn build_answer(
     }
 }
 
-/// The A/AAAA records of `target` in the zone, for the additional section.
-fn glue(zone: &Zone, target: &Name, out: &mut Vec<Record>) {
-    if let Some(rrsets) = zone.names.get(target) {
+/// The A/AAAA records of `target` among `names`, for the additional section.
+fn glue(names: &BTreeMap<Name, NameRrsets>, target: &Name, out: &mut Vec<Record>) {
+    if let Some(rrsets) = names.get(target) {
         for t in [RecordType::A, RecordType::AAAA] {
-            if let Some(records) = rrsets.get(&t) {
-                for r in records {
-                    if !out.contains(r) {
-                        out.push(r.clone());
-                    }
+            for r in rrsets.get(&t).into_iter().flatten() {
+                if !out.contains(r) {
+                    out.push(r.clone());
                 }
             }
         }
     }
 }
 
-impl AnswerIndex {
-    pub fn build(zone: &Zone) -> Self {
-        let mut names: FxHashMap<Box<[u8]>, NameEntry> = FxHashMap::default();
-        let apex_labels = zone.apex.num_labels();
-        for (owner, rrsets) in &zone.names {
-            let mut entry = NameEntry::default();
-            let mut smallest: Option<(usize, Arc<Answer>)> = None;
-            for (rtype, records) in rrsets {
-                let mut additionals = Vec::new();
-                for r in records {
-                    match &r.data {
-                        hickory_proto::rr::RData::SRV(srv) => {
-                            glue(zone, &srv.target, &mut additionals)
-                        }
-                        hickory_proto::rr::RData::NS(ns) => glue(zone, &ns.0, &mut additionals),
-                        _ => {}
-                    }
-                }
-                let answer = Arc::new(build_answer(owner, *rtype, records, &additionals));
-                let size = answer.minimal.as_ref().unwrap_or(&answer.full).body.len();
-                if smallest.as_ref().is_none_or(|(s, _)| size < *s) {
-                    smallest = Some((size, answer.clone()));
-                }
-                if *rtype == RecordType::A {
-                    entry.any = Some(answer.clone());
-                }
-                entry.answers.push((u16::from(*rtype), answer));
-            }
-            if entry.any.is_none() {
-                entry.any = smallest.map(|(_, a)| a);
-            }
-            // Every ancestor up to the apex exists as an empty non-terminal (RFC 8020).
-            let mut ancestor = owner.base_name();
-            while ancestor.num_labels() > apex_labels {
-                names.entry(wire_name(&ancestor).into()).or_default();
-                ancestor = ancestor.base_name();
-            }
-            let key: Box<[u8]> = wire_name(owner).into();
-            match names.get_mut(&key) {
-                // An ENT recorded earlier that turns out to own RRsets.
-                Some(existing) => *existing = entry,
-                None => {
-                    names.insert(key, entry);
-                }
+/// Encodes one owner name's RRsets. Additional-section glue comes from `names`, the
+/// owner's own group: SRV targets and the NS target always live in the same group.
+fn build_entry(owner: &Name, rrsets: &NameRrsets, names: &BTreeMap<Name, NameRrsets>) -> NameEntry {
+    let mut entry = NameEntry::default();
+    let mut smallest: Option<(usize, Arc<Answer>)> = None;
+    for (rtype, records) in rrsets {
+        let mut additionals = Vec::new();
+        for r in records {
+            match &r.data {
+                RData::SRV(srv) => glue(names, &srv.target, &mut additionals),
+                RData::NS(ns) => glue(names, &ns.0, &mut additionals),
+                _ => {}
             }
         }
-
-        let soa = zone
-            .names
-            .get(&zone.apex)
-            .and_then(|r| r.get(&RecordType::SOA))
-            .and_then(|r| r.first())
-            .expect("every zone has an apex SOA");
-        let hickory_proto::rr::RData::SOA(soa_data) = &soa.data else {
-            unreachable!("the SOA RRset holds SOA data")
-        };
-        let mut rdata = wire_name(&soa_data.mname);
-        rdata.extend(wire_name(&soa_data.rname));
-        for v in [
-            soa_data.serial,
-            soa_data.refresh as u32,
-            soa_data.retry as u32,
-            soa_data.expire as u32,
-            soa_data.minimum,
-        ] {
-            rdata.extend_from_slice(&v.to_be_bytes());
+        let answer = Arc::new(build_answer(owner, *rtype, records, &additionals));
+        let size = answer.minimal.as_ref().unwrap_or(&answer.full).body.len();
+        if smallest.as_ref().is_none_or(|(s, _)| size < *s) {
+            smallest = Some((size, answer.clone()));
         }
-        let mut soa_tail = Vec::with_capacity(10 + rdata.len());
-        soa_tail.extend_from_slice(&types::SOA.to_be_bytes());
-        soa_tail.extend_from_slice(&types::CLASS_IN.to_be_bytes());
-        soa_tail.extend_from_slice(&soa.ttl.to_be_bytes());
-        soa_tail.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-        soa_tail.extend_from_slice(&rdata);
+        if *rtype == RecordType::A {
+            entry.any = Some(answer.clone());
+        }
+        entry.answers.push((u16::from(*rtype), answer));
+    }
+    if entry.any.is_none() {
+        entry.any = smallest.map(|(_, a)| a);
+    }
+    entry
+}
 
+/// The SOA record after its owner name, for negative answers.
+fn soa_tail(soa: &Record) -> Box<[u8]> {
+    let RData::SOA(soa_data) = &soa.data else {
+        unreachable!("the SOA RRset holds SOA data")
+    };
+    let mut rdata = wire_name(&soa_data.mname);
+    rdata.extend(wire_name(&soa_data.rname));
+    for v in [
+        soa_data.serial,
+        soa_data.refresh as u32,
+        soa_data.retry as u32,
+        soa_data.expire as u32,
+        soa_data.minimum,
+    ] {
+        rdata.extend_from_slice(&v.to_be_bytes());
+    }
+    let mut tail = Vec::with_capacity(10 + rdata.len());
+    tail.extend_from_slice(&types::SOA.to_be_bytes());
+    tail.extend_from_slice(&types::CLASS_IN.to_be_bytes());
+    tail.extend_from_slice(&soa.ttl.to_be_bytes());
+    tail.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    tail.extend_from_slice(&rdata);
+    tail.into()
+}
+
+/// Number of shards. Each publish copies only the shards it touched plus this many
+/// pointers, so one service change costs microseconds at any zone size.
+const SHARDS: usize = 1024;
+
+/// One shard of the index: lowercase wire name → its answers.
+type Shard = FxHashMap<Arc<[u8]>, Arc<NameEntry>>;
+
+/// The shard of a name. A seeded hash, so that within a shard the map's own hash
+/// bits stay uniform.
+fn shard_of(name: &[u8]) -> usize {
+    let mut h = rustc_hash::FxHasher::with_seed(0x243f_6a88_85a3_08d3);
+    h.write(name);
+    (h.finish() >> 54) as usize & (SHARDS - 1)
+}
+
+/// The strict ancestors of a wire name below the apex (empty non-terminal candidates).
+fn ancestors<'a>(name: &'a [u8], apex_len: usize) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        pos += 1 + *name.get(pos)? as usize;
+        (name.len() - pos > apex_len).then(|| &name[pos..])
+    })
+}
+
+/// The single writer of the answer index. It keeps, besides the shards, which names
+/// each group owns and how many owned names sit below each name, so that replacing a
+/// group touches only that group's names and their empty non-terminals.
+#[derive(Debug)]
+pub struct IndexBuilder {
+    apex: Arc<[u8]>,
+    shards: Vec<Arc<Shard>>,
+    groups: FxHashMap<GroupId, Vec<Arc<[u8]>>>,
+    /// Owned names below each name (RFC 8020: a name with descendants exists).
+    below: FxHashMap<Arc<[u8]>, u32>,
+    soa_tail: Arc<[u8]>,
+    names: usize,
+    empty: Arc<NameEntry>,
+}
+
+impl IndexBuilder {
+    pub fn new(apex: &Name) -> Self {
         Self {
-            apex: wire_name(&zone.apex).into(),
-            names,
-            soa_tail: soa_tail.into(),
+            apex: wire_name(apex).into(),
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
+            groups: FxHashMap::default(),
+            below: FxHashMap::default(),
+            soa_tail: Arc::from(&[][..]),
+            names: 0,
+            empty: Arc::new(NameEntry::default()),
         }
+    }
+
+    fn shard_mut(&mut self, name: &[u8]) -> &mut Shard {
+        Arc::make_mut(&mut self.shards[shard_of(name)])
+    }
+
+    fn get(&self, name: &[u8]) -> Option<&Arc<NameEntry>> {
+        self.shards[shard_of(name)].get(name)
+    }
+
+    fn insert(&mut self, name: Arc<[u8]>, entry: Arc<NameEntry>) {
+        if self.shard_mut(&name).insert(name, entry).is_none() {
+            self.names += 1;
+        }
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        if self.shard_mut(name).remove(name).is_some() {
+            self.names -= 1;
+        }
+    }
+
+    /// Replaces every name of group `id` with `group`'s names.
+    pub fn replace_group(&mut self, id: GroupId, group: &Group) {
+        let old = self.groups.remove(&id).unwrap_or_default();
+        let mut new = Vec::with_capacity(group.names.len());
+        for (owner, rrsets) in &group.names {
+            let key: Arc<[u8]> = wire_name(owner).into();
+            let entry = Arc::new(build_entry(owner, rrsets, &group.names));
+            let was_owned = self.get(&key).is_some_and(|e| !e.answers.is_empty());
+            self.insert(key.clone(), entry);
+            if !was_owned {
+                self.claim_ancestors(&key);
+            }
+            if let Some(soa) = rrsets.get(&RecordType::SOA).and_then(|r| r.first())
+                && key == self.apex
+            {
+                self.soa_tail = soa_tail(soa).into();
+            }
+            new.push(key);
+        }
+        let kept: rustc_hash::FxHashSet<&[u8]> = new.iter().map(|k| &k[..]).collect();
+        for key in old.iter().filter(|k| !kept.contains(&k[..])) {
+            if self.below.contains_key(&key[..]) {
+                let empty = self.empty.clone();
+                self.insert(key.clone(), empty);
+            } else {
+                self.remove(key);
+            }
+            self.release_ancestors(key);
+        }
+        if !new.is_empty() {
+            self.groups.insert(id, new);
+        }
+    }
+
+    fn claim_ancestors(&mut self, name: &[u8]) {
+        let apex_len = self.apex.len();
+        for ancestor in ancestors(name, apex_len) {
+            if let Some(n) = self.below.get_mut(ancestor) {
+                *n += 1;
+                continue;
+            }
+            let key: Arc<[u8]> = ancestor.into();
+            self.below.insert(key.clone(), 1);
+            if self.get(ancestor).is_none() {
+                let empty = self.empty.clone();
+                self.insert(key, empty);
+            }
+        }
+    }
+
+    fn release_ancestors(&mut self, name: &[u8]) {
+        let apex_len = self.apex.len();
+        for ancestor in ancestors(name, apex_len) {
+            let Some(n) = self.below.get_mut(ancestor) else {
+                continue;
+            };
+            *n -= 1;
+            if *n == 0 {
+                self.below.remove(ancestor);
+                if self.get(ancestor).is_some_and(|e| e.answers.is_empty()) {
+                    self.remove(ancestor);
+                }
+            }
+        }
+    }
+
+    /// The index as it stands: shares every shard with the builder.
+    pub fn publish(&self) -> AnswerIndex {
+        AnswerIndex {
+            apex: self.apex.clone(),
+            shards: self.shards.clone().into(),
+            soa_tail: self.soa_tail.clone(),
+            names: self.names,
+        }
+    }
+}
+
+impl AnswerIndex {
+    /// The index of a whole zone at once (dump-zone checks and tests).
+    pub fn build(zone: &Zone) -> Self {
+        let mut builder = IndexBuilder::new(&zone.apex);
+        let group = Group {
+            names: zone.names.clone(),
+            skipped: Vec::new(),
+        };
+        builder.replace_group(GroupId::Apex, &group);
+        builder.publish()
+    }
+
+    fn get(&self, name: &[u8]) -> Option<&NameEntry> {
+        self.shards[shard_of(name)].get(name).map(|e| &**e)
+    }
+
+    /// True when both indexes answer every query the same way (tests: incremental
+    /// updates against a full rebuild).
+    pub fn same_answers(&self, other: &AnswerIndex) -> bool {
+        let entries = |idx: &AnswerIndex| -> BTreeMap<Vec<u8>, Arc<NameEntry>> {
+            idx.shards
+                .iter()
+                .flat_map(|s| s.iter().map(|(k, v)| (k.to_vec(), v.clone())))
+                .collect()
+        };
+        self.apex == other.apex
+            && self.soa_tail == other.soa_tail
+            && self.names == other.names
+            && entries(self) == entries(other)
     }
 
     /// Number of names (owner names and empty non-terminals).
     pub fn name_count(&self) -> usize {
-        self.names.len()
+        self.names
     }
 
     /// Offset of the apex inside a lowercase wire name, if the name is in the zone.
@@ -362,7 +519,7 @@ impl AnswerIndex {
             0
         };
         let fits = |e: &Encoded| wire::HEADER_LEN + question_len + e.body.len() + opt_len <= limit;
-        let entry = self.names.get(qname);
+        let entry = self.get(qname);
         let answer = entry.and_then(|entry| {
             if query.qtype == types::ANY {
                 entry.any.as_deref()
@@ -511,8 +668,7 @@ mod tests {
         assert_eq!(idx.apex_offset(&wire("fleet.x.")), None);
         assert_eq!(idx.apex_offset(&wire(".")), None);
         // Every ancestor of an owner exists: b.fleet. is an empty non-terminal.
-        assert!(idx.names.contains_key(&wire("b.fleet.")[..]));
-        assert!(idx.names[&wire("b.fleet.")[..]].answers.is_empty());
+        assert!(idx.get(&wire("b.fleet.")).unwrap().answers.is_empty());
     }
 
     #[test]
@@ -528,7 +684,7 @@ mod tests {
             })
             .collect();
         let idx = index_with(owner, records);
-        let entry = &idx.names[&wire(owner)[..]];
+        let entry = idx.get(&wire(owner)).unwrap();
         let answer = &entry.answers[0].1;
         let capped = answer
             .capped

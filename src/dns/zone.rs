@@ -16,7 +16,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use crate::config::ZoneName;
 use crate::dns::names::{FleetName, Tree};
 use crate::model::{ClusterId, ServiceKey};
-use crate::view::{FleetView, Served, ServedEndpoint, ServedService};
+use crate::view::{FleetView, MergedService, Served, ServedEndpoint, ServedService};
 
 /// Zone-wide parameters that are not part of the view.
 #[derive(Debug, Clone)]
@@ -103,80 +103,154 @@ impl Builder {
     }
 }
 
-impl Zone {
-    pub fn build(view: &FleetView, params: &ZoneParams) -> Self {
-        let apex = Name::from_ascii(params.apex.as_str()).expect("ZoneName is a valid name");
-        let mut b = Builder {
-            apex: apex.clone(),
-            ttl: params.ttl,
-            names: BTreeMap::new(),
-            skipped: Vec::new(),
-        };
-        let ns_name = b
-            .name(&FleetName::Ns)
-            .expect("ns under a validated apex fits");
-        let hostmaster = apex
-            .prepend_label("hostmaster")
-            .expect("fits under a validated apex");
-        // The SOA's own TTL is the negative TTL everywhere (DESIGN.md §1, RFC 2308 §3).
-        b.add(
-            &apex,
-            params.negative_ttl,
-            RData::SOA(SOA::new(
-                ns_name.clone(),
-                hostmaster,
-                params.serial,
-                7200,
-                1800,
-                86400,
-                params.negative_ttl,
-            )),
-        );
-        b.add(&apex, params.ttl, RData::NS(NS(ns_name.clone())));
-        b.add_addresses(&ns_name, params.advertise);
-        let version = b.name(&FleetName::DnsVersion).expect("fits");
-        b.add(
-            &version,
-            params.ttl,
-            RData::TXT(TXT::new(vec![DNS_VERSION.into()])),
-        );
+/// Which part of the view a set of names comes from. Every owner name belongs to exactly
+/// one group, so a change to one service re-derives only its own group's names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GroupId {
+    /// Apex SOA and NS, `ns` and `dns-version`.
+    Apex,
+    /// A cluster's inventory TXT.
+    Cluster(ClusterId),
+    /// Every per-cluster and merged name of one service key.
+    Service(ServiceKey),
+}
 
-        for (id, cluster) in &view.clusters {
-            if let Some(owner) = b.name(&FleetName::Cluster(id.clone())) {
-                let mut strings = vec![format!("cluster={id}")];
-                strings.extend(cluster.labels.iter().map(|(k, v)| format!("{k}={v}")));
+/// The names of one group.
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    pub names: BTreeMap<Name, NameRrsets>,
+    /// Names that could not be made (longer than 255 octets).
+    pub skipped: Vec<String>,
+}
+
+impl ZoneParams {
+    pub fn apex_name(&self) -> Name {
+        Name::from_ascii(self.apex.as_str()).expect("ZoneName is a valid name")
+    }
+}
+
+/// Derives the names of one group from the view.
+pub fn build_group(view: &FleetView, params: &ZoneParams, id: &GroupId) -> Group {
+    let mut b = Builder {
+        apex: params.apex_name(),
+        ttl: params.ttl,
+        names: BTreeMap::new(),
+        skipped: Vec::new(),
+    };
+    match id {
+        GroupId::Apex => add_apex(&mut b, params),
+        GroupId::Cluster(cluster) => {
+            if let Some(c) = view.clusters.get(cluster)
+                && let Some(owner) = b.name(&FleetName::Cluster(cluster.clone()))
+            {
+                let mut strings = vec![format!("cluster={cluster}")];
+                strings.extend(c.labels.iter().map(|(k, v)| format!("{k}={v}")));
                 b.add(&owner, params.ttl, RData::TXT(TXT::new(strings)));
             }
-            for (key, svc) in &cluster.services {
-                add_cluster_service(&mut b, id, key, svc);
+        }
+        GroupId::Service(key) => {
+            for (id, cluster) in &view.clusters {
+                if let Some(svc) = cluster.services.get(key) {
+                    add_cluster_service(&mut b, id, key, svc);
+                }
+            }
+            if let Some(merged) = view.merged.get(key) {
+                add_merged(&mut b, view, key, merged);
             }
         }
+    }
+    Group {
+        names: b.names,
+        skipped: b.skipped,
+    }
+}
 
-        for (key, merged) in &view.merged {
-            let merged_name = FleetName::Service {
-                tree: Tree::Merged,
-                key: key.clone(),
-            };
-            let Some(owner) = b.name(&merged_name) else {
-                continue;
-            };
-            for cluster_id in &merged.chosen {
-                let svc = &view.clusters[cluster_id].services[key];
-                b.add_addresses(&owner, svc.addresses());
-                let priority = if *cluster_id == view.local {
-                    SRV_PRIORITY_LOCAL
-                } else {
-                    SRV_PRIORITY_OTHER
-                };
-                add_srv(&mut b, Tree::Merged, cluster_id, key, svc, priority);
-            }
+fn add_apex(b: &mut Builder, params: &ZoneParams) {
+    let apex = b.apex.clone();
+    let ns_name = b
+        .name(&FleetName::Ns)
+        .expect("ns under a validated apex fits");
+    let hostmaster = apex
+        .prepend_label("hostmaster")
+        .expect("fits under a validated apex");
+    // The SOA's own TTL is the negative TTL everywhere (DESIGN.md §1, RFC 2308 §3).
+    b.add(
+        &apex,
+        params.negative_ttl,
+        RData::SOA(SOA::new(
+            ns_name.clone(),
+            hostmaster,
+            params.serial,
+            7200,
+            1800,
+            86400,
+            params.negative_ttl,
+        )),
+    );
+    b.add(&apex, params.ttl, RData::NS(NS(ns_name.clone())));
+    b.add_addresses(&ns_name, params.advertise);
+    let version = b.name(&FleetName::DnsVersion).expect("fits");
+    b.add(
+        &version,
+        params.ttl,
+        RData::TXT(TXT::new(vec![DNS_VERSION.into()])),
+    );
+}
+
+fn add_merged(b: &mut Builder, view: &FleetView, key: &ServiceKey, merged: &MergedService) {
+    let merged_name = FleetName::Service {
+        tree: Tree::Merged,
+        key: key.clone(),
+    };
+    let Some(owner) = b.name(&merged_name) else {
+        return;
+    };
+    for cluster_id in &merged.chosen {
+        let Some(svc) = view
+            .clusters
+            .get(cluster_id)
+            .and_then(|c| c.services.get(key))
+        else {
+            continue;
+        };
+        b.add_addresses(&owner, svc.addresses());
+        let priority = if *cluster_id == view.local {
+            SRV_PRIORITY_LOCAL
+        } else {
+            SRV_PRIORITY_OTHER
+        };
+        add_srv(b, Tree::Merged, cluster_id, key, svc, priority);
+    }
+}
+
+/// Every group of a view: the apex, each cluster, each service key.
+pub fn group_ids(view: &FleetView) -> Vec<GroupId> {
+    let mut ids = vec![GroupId::Apex];
+    ids.extend(view.clusters.keys().cloned().map(GroupId::Cluster));
+    let keys: std::collections::BTreeSet<&ServiceKey> = view
+        .clusters
+        .values()
+        .flat_map(|c| c.services.keys())
+        .collect();
+    ids.extend(keys.into_iter().cloned().map(GroupId::Service));
+    ids
+}
+
+impl Zone {
+    /// The whole zone of a view (for `dump-zone` and tests; serving is incremental).
+    pub fn build(view: &FleetView, params: &ZoneParams) -> Self {
+        let mut names = BTreeMap::new();
+        let mut skipped = Vec::new();
+        for id in group_ids(view) {
+            let group = build_group(view, params, &id);
+            names.extend(group.names);
+            skipped.extend(group.skipped);
         }
-
         Zone {
-            apex,
+            apex: params.apex_name(),
             negative_ttl: params.negative_ttl,
-            names: b.names,
-            skipped: b.skipped,
+            names,
+            skipped,
         }
     }
 
