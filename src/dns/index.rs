@@ -433,7 +433,8 @@ impl AnswerIndex {
                     rcode: 0,
                     truncated: false,
                     capped: false,
-                    malformed: true,
+                    // A response (QR=1) is dropped but well-formed; a runt is not.
+                    malformed: packet.len() < wire::HEADER_LEN,
                 };
             }
             Parsed::Reject(r) => {

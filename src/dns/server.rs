@@ -304,8 +304,12 @@ async fn serve_tcp<G>(
         framed.clear();
         framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
         framed.extend_from_slice(&reply);
-        if stream.write_all(&framed).await.is_err() {
-            return;
+        // A client that stops reading stalls this write once the socket buffers are
+        // full; without a bound it would hold its connection slot (and the drain on
+        // shutdown) forever.
+        match tokio::time::timeout(idle_timeout, stream.write_all(&framed)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }

@@ -222,7 +222,9 @@ pub fn parse(packet: &[u8]) -> Parsed {
             if !in_additional || !root_owner || edns.is_some() || !options_well_formed(rdata) {
                 opt_error = true;
             }
-            if edns.is_none() && root_owner {
+            // A malformed OPT still tells us the requester speaks EDNS: its FORMERR
+            // carries our OPT too (DESIGN.md §1).
+            if edns.is_none() {
                 edns = Some(Edns {
                     udp_size: class,
                     version: (ttl >> 16) as u8,
@@ -496,6 +498,14 @@ mod tests {
         two.extend_from_slice(&opt);
         two[11] = 2;
         assert_eq!(expect_reject(parse(&two)).rcode, rcode::FORMERR);
+
+        // An OPT owned by a non-root name: FORMERR, still with our OPT in the reply.
+        let mut owned = query_bytes("fleet.", RecordType::A, None);
+        owned[11] = 1;
+        owned.extend_from_slice(&[1, b'x', 0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0]);
+        let r = expect_reject(parse(&owned));
+        assert_eq!(r.rcode, rcode::FORMERR);
+        assert!(r.edns.is_some());
 
         let mut v1 = query_bytes("fleet.", RecordType::A, Some(1232));
         let n = v1.len();

@@ -39,14 +39,46 @@ impl TestPeer {
         extra: &str,
         wait_ready: bool,
     ) -> TestPeer {
+        Self::start_opts(
+            local,
+            files,
+            PeerOptions {
+                extra,
+                wait_ready,
+                ..PeerOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Like `start_with`, with the rarer knobs of [`PeerOptions`].
+    pub async fn start_opts(
+        local: &str,
+        files: &[(&str, &str)],
+        opts: PeerOptions<'_>,
+    ) -> TestPeer {
+        let PeerOptions {
+            dns,
+            extra,
+            missing,
+            wait_ready,
+        } = opts;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut source = String::from("source:\n  files:\n");
         for (cluster, text) in files {
             std::fs::write(dir.path().join(format!("{cluster}.yaml")), text).expect("write");
             source.push_str(&format!("    {cluster}: {cluster}.yaml\n"));
         }
+        for cluster in missing {
+            source.push_str(&format!("    {cluster}: {cluster}.yaml\n"));
+        }
+        let dns_extra = if dns.is_empty() {
+            String::new()
+        } else {
+            format!(", {dns}")
+        };
         let config_text = format!(
-            "fleet: test\ncluster: {local}\ndns: {{listen: [\"127.0.0.1:0\"], advertise: 127.0.0.1}}\nops: {{listen: \"127.0.0.1:0\"}}\n{extra}\n{source}"
+            "fleet: test\ncluster: {local}\ndns: {{listen: [\"127.0.0.1:0\"], advertise: 127.0.0.1{dns_extra}}}\nops: {{listen: \"127.0.0.1:0\"}}\n{extra}\n{source}"
         );
         let config_path = dir.path().join("fleet.yaml");
         std::fs::write(&config_path, &config_text).expect("write config");
@@ -84,6 +116,21 @@ impl TestPeer {
     pub fn ops(&self) -> SocketAddr {
         self.app.ops_addr.expect("ops listener configured")
     }
+}
+
+/// The rarer knobs of [`TestPeer::start_opts`]; `Default` gives what `start_with(.., false)`
+/// does.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PeerOptions<'a> {
+    /// Extra keys inside the `dns:` mapping, e.g. `tcp_idle_timeout: 300ms`.
+    pub dns: &'a str,
+    /// Appended to the config, as `extra` of [`TestPeer::start`].
+    pub extra: &'a str,
+    /// Clusters whose services file (`<cluster>.yaml` in the peer's directory) the config
+    /// names but which is not created: write it later at `peer.path("<cluster>.yaml")`.
+    pub missing: &'a [&'a str],
+    /// Return only once the peer is ready.
+    pub wait_ready: bool,
 }
 
 /// A query as a test wants to send it.
@@ -214,4 +261,243 @@ pub fn demo_files() -> Vec<(&'static str, &'static str)> {
         ("west", include_str!("../../config/demo/west.yaml")),
         ("central", include_str!("../../config/demo/central.yaml")),
     ]
+}
+
+/// An HTTP response as the ops listener sent it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain HTTP/1.1 GET over a raw TCP stream (`Connection: close`), chunked bodies
+/// decoded. Panics on any I/O error or after [`TIMEOUT`].
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let fetch = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect ops");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read response");
+        raw
+    };
+    let raw = tokio::time::timeout(TIMEOUT, fetch)
+        .await
+        .expect("HTTP response in time");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of HTTP headers");
+    let head = String::from_utf8(raw[..split].to_vec()).expect("ASCII headers");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut decoded = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size line");
+            let size_text = std::str::from_utf8(&rest[..eol]).expect("chunk size");
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                .expect("hex chunk size");
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            decoded.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = decoded;
+    }
+    HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    }
+}
+
+/// The value of one series in OpenMetrics text, e.g.
+/// `fleetdns_dns_malformed_packets_total{transport="udp"}`; `None` if absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        Some(
+            value
+                .split(' ')
+                .next()?
+                .parse()
+                .unwrap_or_else(|_| panic!("bad sample {line:?}")),
+        )
+    })
+}
+
+impl TestPeer {
+    /// `/metrics` from the ops listener, as text.
+    pub async fn metrics_text(&self) -> String {
+        let r = http_get(self.ops(), "/metrics").await;
+        assert_eq!(r.status, 200, "/metrics: {r:?}");
+        r.body
+    }
+
+    /// One series from `/metrics`; panics if the series is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        metric_value(&text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    }
+}
+
+/// Polls `probe` (every 20 ms) until it returns `Some`, panicking with `what` after
+/// [`TIMEOUT`]. For waiting on a state, never for asserting on timing.
+pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The header bits of a raw DNS message, for checks hickory's decoder would hide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawHeader {
+    pub id: u16,
+    pub qr: bool,
+    pub opcode: u8,
+    pub aa: bool,
+    pub tc: bool,
+    pub rd: bool,
+    pub ra: bool,
+    pub z: bool,
+    pub ad: bool,
+    pub cd: bool,
+    /// The 4-bit header rcode.
+    pub rcode: u8,
+    pub qdcount: u16,
+    pub ancount: u16,
+    pub nscount: u16,
+    pub arcount: u16,
+}
+
+impl RawHeader {
+    pub fn parse(msg: &[u8]) -> RawHeader {
+        assert!(msg.len() >= 12, "message shorter than a header: {msg:?}");
+        let count = |i: usize| u16::from_be_bytes([msg[4 + 2 * i], msg[5 + 2 * i]]);
+        RawHeader {
+            id: u16::from_be_bytes([msg[0], msg[1]]),
+            qr: msg[2] & 0x80 != 0,
+            opcode: (msg[2] >> 3) & 0xF,
+            aa: msg[2] & 0x04 != 0,
+            tc: msg[2] & 0x02 != 0,
+            rd: msg[2] & 0x01 != 0,
+            ra: msg[3] & 0x80 != 0,
+            z: msg[3] & 0x40 != 0,
+            ad: msg[3] & 0x20 != 0,
+            cd: msg[3] & 0x10 != 0,
+            rcode: msg[3] & 0xF,
+            qdcount: count(0),
+            ancount: count(1),
+            nscount: count(2),
+            arcount: count(3),
+        }
+    }
+}
+
+/// Skips a (possibly compressed) name at `pos`; returns the position after it.
+fn skip_name(msg: &[u8], mut pos: usize) -> usize {
+    loop {
+        let len = msg[pos] as usize;
+        match len & 0xC0 {
+            0x00 if len == 0 => return pos + 1,
+            0x00 => pos += 1 + len,
+            0xC0 => return pos + 2,
+            _ => panic!("bad label type at {pos}"),
+        }
+    }
+}
+
+/// An OPT record found in a raw message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawOpt {
+    pub udp_size: u16,
+    pub extended_rcode: u8,
+    pub version: u8,
+    pub flags: u16,
+    /// (option code, option data)
+    pub options: Vec<(u16, Vec<u8>)>,
+}
+
+/// Every OPT record in the additional section of a raw message.
+pub fn raw_opts(msg: &[u8]) -> Vec<RawOpt> {
+    let h = RawHeader::parse(msg);
+    let mut pos = 12;
+    for _ in 0..h.qdcount {
+        pos = skip_name(msg, pos) + 4;
+    }
+    let mut opts = Vec::new();
+    let records = usize::from(h.ancount) + usize::from(h.nscount) + usize::from(h.arcount);
+    for i in 0..records {
+        pos = skip_name(msg, pos);
+        let f = &msg[pos..pos + 10];
+        let rtype = u16::from_be_bytes([f[0], f[1]]);
+        let rdlen = u16::from_be_bytes([f[8], f[9]]) as usize;
+        let rdata = &msg[pos + 10..pos + 10 + rdlen];
+        if rtype == 41 && i >= usize::from(h.ancount) + usize::from(h.nscount) {
+            let mut options = Vec::new();
+            let mut r = rdata;
+            while r.len() >= 4 {
+                let code = u16::from_be_bytes([r[0], r[1]]);
+                let len = u16::from_be_bytes([r[2], r[3]]) as usize;
+                options.push((code, r[4..4 + len].to_vec()));
+                r = &r[4 + len..];
+            }
+            opts.push(RawOpt {
+                udp_size: u16::from_be_bytes([f[2], f[3]]),
+                extended_rcode: f[4],
+                version: f[5],
+                flags: u16::from_be_bytes([f[6], f[7]]),
+                options,
+            });
+        }
+        pos += 10 + rdlen;
+    }
+    assert_eq!(pos, msg.len(), "trailing bytes after the last record");
+    opts
 }
