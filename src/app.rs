@@ -204,7 +204,24 @@ async fn publish_loop(
                 .collect();
             (Readiness::NotReady, waiting)
         };
-        let next = engine.apply(inputs, readiness, waiting_for, clock.unix_seconds());
+        let now = clock.unix_seconds();
+        // A first build of a large fleet takes seconds: keep it off the runtime's
+        // workers, which also serve TCP and the ops listener.
+        let built = tokio::task::spawn_blocking(move || {
+            let next = engine.apply(inputs, readiness, waiting_for, now);
+            (engine, next)
+        })
+        .await;
+        let next = match built {
+            Ok((returned, next)) => {
+                engine = returned;
+                next
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot build failed; publishing stops");
+                return;
+            }
+        };
         let per_cluster: Vec<(String, u64)> = next
             .view
             .clusters

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::Hasher as _;
 
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -146,17 +146,22 @@ fn build_answer(
     }
 }
 
-/// The A/AAAA records of `target` among `names`, for the additional section.
-fn glue(names: &BTreeMap<Name, NameRrsets>, target: &Name, out: &mut Vec<Record>) {
-    if let Some(rrsets) = names.get(target) {
-        for t in [RecordType::A, RecordType::AAAA] {
-            for r in rrsets.get(&t).into_iter().flatten() {
-                if !out.contains(r) {
-                    out.push(r.clone());
-                }
+/// The A/AAAA records of `targets` among `names`, for the additional section. Each
+/// target once, in first-seen order.
+fn glue<'a>(
+    names: &BTreeMap<Name, NameRrsets>,
+    targets: impl Iterator<Item = &'a Name>,
+) -> Vec<Record> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for target in targets.filter(|t| seen.insert(*t)) {
+        if let Some(rrsets) = names.get(target) {
+            for t in [RecordType::A, RecordType::AAAA] {
+                out.extend(rrsets.get(&t).into_iter().flatten().cloned());
             }
         }
     }
+    out
 }
 
 /// Encodes one owner name's RRsets. Additional-section glue comes from `names`, the
@@ -165,14 +170,14 @@ fn build_entry(owner: &Name, rrsets: &NameRrsets, names: &BTreeMap<Name, NameRrs
     let mut entry = NameEntry::default();
     let mut smallest: Option<(usize, Arc<Answer>)> = None;
     for (rtype, records) in rrsets {
-        let mut additionals = Vec::new();
-        for r in records {
-            match &r.data {
-                RData::SRV(srv) => glue(names, &srv.target, &mut additionals),
-                RData::NS(ns) => glue(names, &ns.0, &mut additionals),
-                _ => {}
-            }
-        }
+        let additionals = glue(
+            names,
+            records.iter().filter_map(|r| match &r.data {
+                RData::SRV(srv) => Some(&srv.target),
+                RData::NS(ns) => Some(&ns.0),
+                _ => None,
+            }),
+        );
         let answer = Arc::new(build_answer(owner, *rtype, records, &additionals));
         let size = answer.minimal.as_ref().unwrap_or(&answer.full).body.len();
         if smallest.as_ref().is_none_or(|(s, _)| size < *s) {

@@ -6,7 +6,7 @@
 //! encodes these RRsets for the wire, and [`Zone::to_zone_file`] writes them as an
 //! RFC 1035 zone file, so what another server loads is exactly what we serve.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -53,6 +53,8 @@ struct Builder {
     apex: Name,
     ttl: u32,
     names: BTreeMap<Name, NameRrsets>,
+    /// Every (owner, data) added, so that keeping RRsets sets stays linear.
+    seen: HashSet<(Name, RData)>,
     skipped: Vec<String>,
 }
 
@@ -79,17 +81,16 @@ impl Builder {
     }
 
     fn add(&mut self, owner: &Name, ttl: u32, rdata: RData) {
-        let rtype = rdata.record_type();
-        let rrset = self
-            .names
+        // An RRset is a set: the same address from two clusters is one record.
+        if !self.seen.insert((owner.clone(), rdata.clone())) {
+            return;
+        }
+        self.names
             .entry(owner.clone())
             .or_default()
-            .entry(rtype)
-            .or_default();
-        // An RRset is a set: the same address from two clusters is one record.
-        if !rrset.iter().any(|r| r.data == rdata) {
-            rrset.push(Record::from_rdata(owner.clone(), ttl, rdata));
-        }
+            .entry(rdata.record_type())
+            .or_default()
+            .push(Record::from_rdata(owner.clone(), ttl, rdata));
     }
 
     fn add_addresses(&mut self, owner: &Name, addresses: impl IntoIterator<Item = IpAddr>) {
@@ -135,6 +136,7 @@ pub fn build_group(view: &FleetView, params: &ZoneParams, id: &GroupId) -> Group
         apex: params.apex_name(),
         ttl: params.ttl,
         names: BTreeMap::new(),
+        seen: HashSet::new(),
         skipped: Vec::new(),
     };
     match id {
