@@ -110,7 +110,8 @@ impl App {
             options.clock.clone(),
             cancel.clone(),
         ));
-        tracing::info!(dns = ?dns_addrs, ops = ?ops_addr, cluster = %config.cluster, zone = %config.zone.as_str(), "fleetdns serving");
+        let ops_text = ops_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(dns = ?dns_addrs, ops = %ops_text, cluster = %config.cluster, zone = %config.zone.as_str(), "fleetdns serving");
         Ok(Self {
             dns_addrs,
             ops_addr,

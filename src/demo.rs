@@ -14,19 +14,41 @@ pub const FILES: [(&str, &str); 4] = [
     ("central.yaml", include_str!("../config/demo/central.yaml")),
 ];
 
+/// The demo's config file; a temporary copy of the embedded files is removed on drop.
+#[derive(Debug)]
+pub struct DemoFiles {
+    pub config: PathBuf,
+    temp_dir: Option<PathBuf>,
+}
+
+impl Drop for DemoFiles {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.temp_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// The demo config file to run: `config/demo/fleet.yaml` if present, else the embedded
 /// copy materialized under the system's temporary directory.
-pub fn config_path() -> std::io::Result<PathBuf> {
+pub fn files() -> std::io::Result<DemoFiles> {
     let local = Path::new("config/demo/fleet.yaml");
     if local.is_file() {
-        return Ok(local.to_path_buf());
+        return Ok(DemoFiles {
+            config: local.to_path_buf(),
+            temp_dir: None,
+        });
     }
     let dir = std::env::temp_dir().join(format!("fleetdns-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let files = DemoFiles {
+        config: dir.join("fleet.yaml"),
+        temp_dir: Some(dir.clone()),
+    };
     for (name, text) in FILES {
         std::fs::write(dir.join(name), text)?;
     }
-    Ok(dir.join("fleet.yaml"))
+    Ok(files)
 }
 
 /// The commands the demo prints for a user to try.

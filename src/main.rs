@@ -86,7 +86,8 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo => {
-            let path = fleetdns::demo::config_path().context("preparing the demo files")?;
+            let files = fleetdns::demo::files().context("preparing the demo files")?;
+            let path = files.config.clone();
             let config = Config::load(&path)?;
             let app = App::start(config, StartOptions::default()).await?;
             println!("fleetdns demo: clusters east, west and central, as seen from east");
@@ -102,7 +103,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("  {cmd}");
             }
             println!("Ctrl-C stops it.");
-            serve_until_signal(app).await
+            let result = serve_until_signal(app).await;
+            drop(files);
+            result
         }
         Command::Run { config } => {
             let config = Config::load(&config)?;
