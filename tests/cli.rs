@@ -209,4 +209,12 @@ async fn serial_demo_serves_the_embedded_fleet_and_stops_on_ctrl_c() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "demo exits 0 on Ctrl-C: {status:?}");
+    // The embedded files it wrote to a temporary directory are gone.
+    let dir = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("services files: "))
+        .and_then(|rest| rest.split(' ').next())
+        .expect("the demo names its files' directory");
+    assert!(dir.contains("fleetdns-demo-"), "{dir}");
+    assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
 }
