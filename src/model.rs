@@ -66,8 +66,10 @@ fn check_label(what: &'static str, value: &str) -> Result<(), NameError> {
 macro_rules! label_newtype {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
+        // `Arc<str>`: names are cloned into every persistent-map node a change copies,
+        // so a clone must be a reference count, not an allocation.
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             pub fn as_str(&self) -> &str {
@@ -187,7 +189,7 @@ impl HostLabel {
             (false, true) => format!("{text}0"),
             (false, false) => text,
         };
-        Self(text)
+        Self(text.into())
     }
 }
 

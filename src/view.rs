@@ -192,9 +192,11 @@ impl FleetView {
                         let served = serve(export, *id == self.local, network);
                         cluster.services.insert(key.clone(), Arc::new(served));
                     }
-                    None => {
+                    // Removing an absent key would still copy the map's path.
+                    None if cluster.services.contains_key(key) => {
                         cluster.services.remove(key);
                     }
+                    None => {}
                 }
             }
             match self.merge(key) {

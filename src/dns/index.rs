@@ -90,7 +90,7 @@ const NOT_READY: Ede = Ede {
 pub struct AnswerIndex {
     /// The apex in lowercase wire form.
     apex: Arc<[u8]>,
-    shards: Arc<[Arc<Shard>]>,
+    shards: Shards,
     /// The SOA record after its owner name (type, class, TTL, RDATA), for negative
     /// answers, whose owner is a pointer to the apex inside the echoed question.
     soa_tail: Arc<[u8]>,
@@ -219,19 +219,30 @@ fn soa_tail(soa: &Record) -> Box<[u8]> {
     tail.into()
 }
 
-/// Number of shards. Each publish copies only the shards it touched plus this many
-/// pointers, so one service change costs microseconds at any zone size.
-const SHARDS: usize = 1024;
+/// Shards are grouped under `GROUPS` groups of `PER_GROUP` leaves. A publish copies
+/// the root (one pointer per group), every group it touched (one pointer per leaf) and
+/// every leaf it touched: microseconds at any zone size, where copying one flat table
+/// of pointers per publish would cost tens of them at 100k services.
+const GROUPS: usize = 64;
+const PER_GROUP: usize = 64;
 
 /// One shard of the index: lowercase wire name → its answers.
 type Shard = FxHashMap<Arc<[u8]>, Arc<NameEntry>>;
+type ShardGroup = [Arc<Shard>; PER_GROUP];
+type Shards = Arc<[Arc<ShardGroup>; GROUPS]>;
 
-/// The shard of a name. A seeded hash, so that within a shard the map's own hash
-/// bits stay uniform.
-fn shard_of(name: &[u8]) -> usize {
+/// The (group, leaf) of a name. A seeded hash, so that within a shard the map's own
+/// hash bits stay uniform.
+fn shard_of(name: &[u8]) -> (usize, usize) {
     let mut h = rustc_hash::FxHasher::with_seed(0x243f_6a88_85a3_08d3);
     h.write(name);
-    (h.finish() >> 54) as usize & (SHARDS - 1)
+    let bits = h.finish() >> 52;
+    ((bits >> 6) as usize % GROUPS, bits as usize % PER_GROUP)
+}
+
+fn lookup<'a>(shards: &'a [Arc<ShardGroup>; GROUPS], name: &[u8]) -> Option<&'a Arc<NameEntry>> {
+    let (g, l) = shard_of(name);
+    shards[g][l].get(name)
 }
 
 /// The strict ancestors of a wire name below the apex (empty non-terminal candidates).
@@ -249,7 +260,7 @@ fn ancestors<'a>(name: &'a [u8], apex_len: usize) -> impl Iterator<Item = &'a [u
 #[derive(Debug)]
 pub struct IndexBuilder {
     apex: Arc<[u8]>,
-    shards: Vec<Arc<Shard>>,
+    shards: Shards,
     groups: FxHashMap<GroupId, Vec<Arc<[u8]>>>,
     /// Owned names below each name (RFC 8020: a name with descendants exists).
     below: FxHashMap<Arc<[u8]>, u32>,
@@ -262,7 +273,9 @@ impl IndexBuilder {
     pub fn new(apex: &Name) -> Self {
         Self {
             apex: wire_name(apex).into(),
-            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
+            shards: Arc::new(std::array::from_fn(|_| {
+                Arc::new(std::array::from_fn(|_| Arc::new(Shard::default())))
+            })),
             groups: FxHashMap::default(),
             below: FxHashMap::default(),
             soa_tail: Arc::from(&[][..]),
@@ -272,11 +285,13 @@ impl IndexBuilder {
     }
 
     fn shard_mut(&mut self, name: &[u8]) -> &mut Shard {
-        Arc::make_mut(&mut self.shards[shard_of(name)])
+        let (g, l) = shard_of(name);
+        let group = &mut Arc::make_mut(&mut self.shards)[g];
+        Arc::make_mut(&mut Arc::make_mut(group)[l])
     }
 
     fn get(&self, name: &[u8]) -> Option<&Arc<NameEntry>> {
-        self.shards[shard_of(name)].get(name)
+        lookup(&self.shards, name)
     }
 
     fn insert(&mut self, name: Arc<[u8]>, entry: Arc<NameEntry>) {
@@ -297,9 +312,15 @@ impl IndexBuilder {
         let mut new = Vec::with_capacity(group.names.len());
         for (owner, rrsets) in &group.names {
             let key: Arc<[u8]> = wire_name(owner).into();
-            let entry = Arc::new(build_entry(owner, rrsets, &group.names));
-            let was_owned = self.get(&key).is_some_and(|e| !e.answers.is_empty());
-            self.insert(key.clone(), entry);
+            let entry = build_entry(owner, rrsets, &group.names);
+            let existing = self.get(&key);
+            let was_owned = existing.is_some_and(|e| !e.answers.is_empty());
+            // Most of a group's names survive a change unchanged (the SRV name when
+            // only an address moved, `ns` when only the serial did): leaving them in
+            // place spares copying their shard.
+            if existing.is_none_or(|e| **e != entry) {
+                self.insert(key.clone(), Arc::new(entry));
+            }
             if !was_owned {
                 self.claim_ancestors(&key);
             }
@@ -361,7 +382,7 @@ impl IndexBuilder {
     pub fn publish(&self) -> AnswerIndex {
         AnswerIndex {
             apex: self.apex.clone(),
-            shards: self.shards.clone().into(),
+            shards: self.shards.clone(),
             soa_tail: self.soa_tail.clone(),
             names: self.names,
         }
@@ -381,7 +402,7 @@ impl AnswerIndex {
     }
 
     fn get(&self, name: &[u8]) -> Option<&NameEntry> {
-        self.shards[shard_of(name)].get(name).map(|e| &**e)
+        lookup(&self.shards, name).map(|e| &**e)
     }
 
     /// True when both indexes answer every query the same way (tests: incremental
@@ -390,6 +411,7 @@ impl AnswerIndex {
         let entries = |idx: &AnswerIndex| -> BTreeMap<Vec<u8>, Arc<NameEntry>> {
             idx.shards
                 .iter()
+                .flat_map(|g| g.iter())
                 .flat_map(|s| s.iter().map(|(k, v)| (k.to_vec(), v.clone())))
                 .collect()
         };
