@@ -76,12 +76,16 @@ impl Answer {
     }
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
-struct NameEntry {
-    answers: Box<[Answer]>,
-    /// Index into `answers` of the ANY answer (RFC 8482): the A RRset, else the
-    /// smallest RRset.
-    any: Option<u8>,
+/// Every RRset a name owns, one answer per type; empty for an empty non-terminal. One
+/// allocation per name: the ANY answer is chosen at query time (RFC 8482: the A RRset,
+/// else the smallest), which costs a scan of a handful of types on a rare query.
+type NameEntry = [Answer];
+
+fn any_answer(entry: &NameEntry) -> Option<&Answer> {
+    entry
+        .iter()
+        .find(|a| a.qtype == types::A)
+        .or_else(|| entry.iter().min_by_key(|a| a.answer_size()))
 }
 
 /// The transport a query came in on: it sets the size limit.
@@ -190,8 +194,12 @@ fn glue<'a>(
 
 /// Encodes one owner name's RRsets. Additional-section glue comes from `names`, the
 /// owner's own group: SRV targets and the NS target always live in the same group.
-fn build_entry(owner: &Name, rrsets: &NameRrsets, names: &BTreeMap<Name, NameRrsets>) -> NameEntry {
-    let answers: Box<[Answer]> = rrsets
+fn build_entry(
+    owner: &Name,
+    rrsets: &NameRrsets,
+    names: &BTreeMap<Name, NameRrsets>,
+) -> Arc<NameEntry> {
+    rrsets
         .iter()
         .map(|(rtype, records)| {
             let additionals = glue(
@@ -204,13 +212,7 @@ fn build_entry(owner: &Name, rrsets: &NameRrsets, names: &BTreeMap<Name, NameRrs
             );
             build_answer(owner, *rtype, records, &additionals)
         })
-        .collect();
-    let a = answers.iter().position(|a| a.qtype == types::A);
-    let smallest = (0..answers.len()).min_by_key(|i| answers[*i].answer_size());
-    NameEntry {
-        any: a.or(smallest).map(|i| i as u8),
-        answers,
-    }
+        .collect()
 }
 
 /// The SOA record after its owner name, for negative answers.
@@ -299,7 +301,7 @@ impl IndexBuilder {
             below: FxHashMap::default(),
             soa_tail: Arc::from(&[][..]),
             names: 0,
-            empty: Arc::new(NameEntry::default()),
+            empty: Arc::from(Vec::new()),
         }
     }
 
@@ -333,12 +335,12 @@ impl IndexBuilder {
             let key: Arc<[u8]> = wire_name(owner).into();
             let entry = build_entry(owner, rrsets, &group.names);
             let existing = self.get(&key);
-            let was_owned = existing.is_some_and(|e| !e.answers.is_empty());
+            let was_owned = existing.is_some_and(|e| !e.is_empty());
             // Most of a group's names survive a change unchanged (the SRV name when
             // only an address moved, `ns` when only the serial did): leaving them in
             // place spares copying their shard.
-            if existing.is_none_or(|e| **e != entry) {
-                self.insert(key.clone(), Arc::new(entry));
+            if existing.is_none_or(|e| **e != *entry) {
+                self.insert(key.clone(), entry);
             }
             if !was_owned {
                 self.claim_ancestors(&key);
@@ -390,7 +392,7 @@ impl IndexBuilder {
             *n -= 1;
             if *n == 0 {
                 self.below.remove(ancestor);
-                if self.get(ancestor).is_some_and(|e| e.answers.is_empty()) {
+                if self.get(ancestor).is_some_and(|e| e.is_empty()) {
                     self.remove(ancestor);
                 }
             }
@@ -569,9 +571,9 @@ impl AnswerIndex {
         let entry = self.get(qname);
         let answer = entry.and_then(|entry| {
             if query.qtype == types::ANY {
-                entry.any.map(|i| &entry.answers[usize::from(i)])
+                any_answer(entry)
             } else {
-                entry.answers.iter().find(|a| a.qtype == query.qtype)
+                entry.iter().find(|a| a.qtype == query.qtype)
             }
         });
 
@@ -712,7 +714,7 @@ mod tests {
         assert_eq!(idx.apex_offset(&wire("fleet.x.")), None);
         assert_eq!(idx.apex_offset(&wire(".")), None);
         // Every ancestor of an owner exists: b.fleet. is an empty non-terminal.
-        assert!(idx.get(&wire("b.fleet.")).unwrap().answers.is_empty());
+        assert!(idx.get(&wire("b.fleet.")).unwrap().is_empty());
     }
 
     #[test]
@@ -729,7 +731,7 @@ mod tests {
             .collect();
         let idx = index_with(owner, records);
         let entry = idx.get(&wire(owner)).unwrap();
-        let answer = &entry.answers[0];
+        let answer = &entry[0];
         let capped = answer
             .capped()
             .expect("5,000 AAAA records exceed 65,535 octets");
