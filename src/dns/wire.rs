@@ -580,7 +580,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
 
         /// On every generated query, the parser agrees with hickory-proto's decoder.
         #[test]
@@ -642,6 +642,43 @@ mod tests {
             if let Parsed::Query(q) = &ours {
                 prop_assert!(q.question_end <= bytes.len());
                 prop_assert!(q.qname_len <= MAX_NAME_LEN);
+            }
+        }
+
+        /// A large corpus of mutated valid queries (bit flips, byte overwrites, cuts,
+        /// insertions): never a panic, and whenever hickory-proto also decodes a packet
+        /// we accept, both read the same id and question. (hickory is stricter about
+        /// records we only skip, such as an unknown type in the additional section.)
+        #[test]
+        fn mutated_queries_agree_with_hickory_when_accepted(
+            seed_name in prop_oneof![Just("web.default.east.fleet."), Just("_http._tcp.web.default.svc.fleet."), Just("fleet."), Just("x.y.")],
+            edns in proptest::option::of(512u16..4096),
+            mutations in proptest::collection::vec((any::<u16>(), any::<u8>(), 0u8..4), 1..6),
+        ) {
+            let mut bytes = query_bytes(seed_name, RecordType::A, edns);
+            for (pos, value, kind) in mutations {
+                let pos = usize::from(pos) % (bytes.len() + 1);
+                match kind {
+                    0 if pos < bytes.len() => bytes[pos] ^= 1 << (value % 8),
+                    1 if pos < bytes.len() => bytes[pos] = value,
+                    2 => bytes.truncate(pos),
+                    _ => bytes.insert(pos, value),
+                }
+            }
+            if let (Parsed::Query(q), Ok(oracle)) = (parse(&bytes), Message::from_vec(&bytes)) {
+                prop_assert_eq!(q.id, oracle.metadata.id);
+                prop_assert_eq!(oracle.queries.len(), 1);
+                prop_assert_eq!(q.qtype, u16::from(oracle.queries[0].query_type()));
+                let mut buf = [0u8; MAX_NAME_LEN];
+                let ours = q.qname_lower(&bytes, &mut buf).to_vec();
+                let theirs = oracle.queries[0].name().to_lowercase();
+                let mut expected = Vec::new();
+                for label in theirs.iter() {
+                    expected.push(label.len() as u8);
+                    expected.extend_from_slice(label);
+                }
+                expected.push(0);
+                prop_assert_eq!(ours, expected);
             }
         }
 
