@@ -55,7 +55,6 @@ impl App {
     /// Binds every listener (failing fast on a taken address) and starts serving.
     pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
         let mut engine = Engine::new(SnapshotSettings::from_config(&config));
         let initial = engine.apply(
             BTreeMap::new(),
@@ -65,6 +64,23 @@ impl App {
         );
         let (generation_tx, generation) = watch::channel(initial.generation);
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(initial));
+        let mut metrics = Metrics::new();
+        let scraped = snapshot.clone();
+        metrics.register_scrape_gauges(
+            "memory_estimated_bytes",
+            "Approximate heap bytes of the served snapshot, by part (computed at scrape).",
+            "part",
+            move || {
+                let snap = scraped.load();
+                let (view, model) = snap.view.estimated_bytes();
+                vec![
+                    ("index", snap.index.estimated_bytes() as u64),
+                    ("view", view as u64),
+                    ("model", model as u64),
+                ]
+            },
+        );
+        let metrics = Arc::new(metrics);
 
         let dns = BoundDns::bind(&config.dns.listen).await?;
         let dns_addrs = dns.local_addrs();

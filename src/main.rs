@@ -73,7 +73,13 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // File reads and snapshot builds run on the blocking pool; a few threads are plenty,
+    // and each idle thread would keep its own allocator heap.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fleetdns: cannot start the runtime: {e}");

@@ -422,6 +422,36 @@ impl Collector for ViewCollector {
     }
 }
 
+/// A gauge family whose values are computed when `/metrics` is scraped, for figures
+/// too costly to keep current on every change (e.g. memory estimates that walk a
+/// snapshot).
+struct ScrapeGauges {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    values: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
+}
+
+impl fmt::Debug for ScrapeGauges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScrapeGauges")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Collector for ScrapeGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let mut metric =
+            encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        for (value_label, value) in (self.values)() {
+            let labels = [(self.label, value_label)];
+            ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 type RejectLabels = [(&'static str, &'static str); 1];
 
 /// The process's metrics: owns the prometheus-client [`Registry`] (prefix
@@ -581,6 +611,23 @@ impl Metrics {
     /// startup. Names registered here get the `fleetdns_` prefix.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
+    }
+
+    /// Registers a gauge family `fleetdns_<name>{<label>=...}` whose values `values`
+    /// computes at scrape time. Label values must come from a fixed set.
+    pub fn register_scrape_gauges(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+    ) {
+        self.registry.register_collector(Box::new(ScrapeGauges {
+            name,
+            help,
+            label,
+            values: Box::new(values),
+        }));
     }
 
     /// The whole registry as OpenMetrics text, ending with `# EOF\n`

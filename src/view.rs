@@ -244,6 +244,44 @@ impl FleetView {
         (!merged.chosen.is_empty()).then_some(merged)
     }
 
+    /// Approximate heap bytes of (the view's own structures, the exports they hold).
+    /// Walks every service, so it is for scrapes, not the answer path.
+    pub fn estimated_bytes(&self) -> (usize, usize) {
+        use std::mem::size_of;
+        // Per persistent-map entry: key, value pointer and node overhead.
+        let map_entry = size_of::<ServiceKey>() + size_of::<usize>() * 2;
+        let ip = size_of::<IpAddr>();
+        let (mut view, mut model) = (0, 0);
+        for cluster in self.clusters.values() {
+            for svc in cluster.services.values() {
+                view += map_entry + size_of::<ServedService>() + 16;
+                view += svc.refused.len() * size_of::<(IpAddr, Refusal)>();
+                view += match &svc.served {
+                    Served::Vip { addresses, .. } => addresses.len() * ip,
+                    Served::Endpoints { endpoints } => endpoints
+                        .iter()
+                        .map(|e| size_of::<ServedEndpoint>() + e.addresses.len() * ip)
+                        .sum(),
+                    Served::Nothing { .. } => 0,
+                };
+                let e = &svc.export;
+                model += size_of::<ServiceExport>()
+                    + 16
+                    + e.key.name.as_str().len()
+                    + e.key.namespace.as_str().len()
+                    + e.ports.len() * (size_of::<crate::model::ServicePort>() + 16)
+                    + (e.cluster_ips.len() + e.ingress.len()) * ip
+                    + e.endpoints.len() * size_of::<crate::model::Endpoint>();
+            }
+        }
+        for merged in self.merged.values() {
+            view += map_entry
+                + size_of::<MergedService>()
+                + (merged.contributing.len() + merged.chosen.len()) * size_of::<ClusterId>();
+        }
+        (view, model)
+    }
+
     pub fn service_count(&self, cluster: &ClusterId) -> usize {
         self.clusters.get(cluster).map_or(0, |c| c.services.len())
     }

@@ -426,6 +426,30 @@ impl AnswerIndex {
         lookup(&self.shards, name).map(|e| &**e)
     }
 
+    /// Approximate heap bytes of the index: keys, answers, bodies and table slots.
+    /// Walks every name, so it is for scrapes, not the answer path.
+    pub fn estimated_bytes(&self) -> usize {
+        const ARC_HEADER: usize = 16;
+        let slot = std::mem::size_of::<(Arc<[u8]>, Arc<NameEntry>)>() + 1;
+        self.shards
+            .iter()
+            .flat_map(|g| g.iter())
+            .map(|shard| {
+                shard.capacity() * slot
+                    + shard
+                        .iter()
+                        .map(|(k, e)| {
+                            ARC_HEADER * 2
+                                + k.len()
+                                + e.iter()
+                                    .map(|a| std::mem::size_of::<Answer>() + a.body.len())
+                                    .sum::<usize>()
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// True when both indexes answer every query the same way (tests: incremental
     /// updates against a full rebuild).
     pub fn same_answers(&self, other: &AnswerIndex) -> bool {
