@@ -196,5 +196,11 @@ async fn metrics_are_openmetrics_and_count_what_was_served() {
     assert_eq!(value("fleetdns_view_services{cluster=\"east\"}"), 3.0);
     assert_eq!(value("fleetdns_view_services{cluster=\"west\"}"), 1.0);
     assert_eq!(value("fleetdns_ready"), 1.0);
+    // Memory by part, estimated from the served snapshot.
+    for part in ["index", "view", "model"] {
+        let series = format!("fleetdns_memory_estimated_bytes{{part=\"{part}\"}}");
+        let bytes = metric_value(&text, &series).unwrap_or_else(|| panic!("{series}"));
+        assert!(bytes > 0.0, "{part}: {bytes}");
+    }
     assert!(text.ends_with("# EOF\n"));
 }
