@@ -107,7 +107,9 @@ fn serve(socket: &std::net::UdpSocket, index: usize, context: &WorkerContext) {
             Err(e) => {
                 match e.raw_os_error() {
                     // The receive timeout (idle) or a signal: look at the token again.
-                    Some(libc::EAGAIN | libc::EINTR) => {}
+                    // ECONNREFUSED is an ICMP error about an earlier reply (Linux reports
+                    // those on unconnected sockets only with IP_RECVERR): not ours to fix.
+                    Some(libc::EAGAIN | libc::EINTR | libc::ECONNREFUSED) => {}
                     _ => {
                         errors.report("receive", &e);
                         std::thread::sleep(ERROR_BACKOFF);
@@ -214,6 +216,8 @@ impl Buffers {
     /// returns how many were queued.
     fn answer(&mut self, received: usize, context: &WorkerContext) -> usize {
         let mut queued = 0;
+        // The kernel never returns more than the `BATCH` headers it was given.
+        let received = received.min(BATCH);
         for (hdr, packet) in self.recv_hdrs[..received]
             .iter()
             .zip(self.packets.chunks_exact(RECV_SIZE))
