@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # fleetdns vs Knot DNS vs NSD: the same zone, one core each, dnsperf on the other core.
 #
-# usage: benches/dnsperf-vs-knot.sh [N_SERVICES=10000] [ROUNDS=3] [SECONDS=15]
+# usage: [FLEETDNS_UDP_WORKERS=1] benches/dnsperf-vs-knot.sh [N_SERVICES=10000] [ROUNDS=3] [SECONDS=15]
+#
+# FLEETDNS_UDP_WORKERS sets fleetdns's dns.udp_workers (default 1: one UDP worker thread, as
+# Knot runs with udp-workers: 1 and NSD with server-count: 1, every server pinned to one core;
+# more workers on one core only add context switches).
 #
 # 1. builds fleetdns (cargo build --release) and checks for dnsperf, knot and nsd;
 # 2. generates a static fleet of N_SERVICES services across clusters c0..c9 (local c0) in a
@@ -21,14 +25,15 @@
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
-usage() { echo "usage: $0 [N_SERVICES=10000] [ROUNDS=3] [SECONDS=15]" >&2; exit 2; }
+usage() { echo "usage: [FLEETDNS_UDP_WORKERS=1] $0 [N_SERVICES=10000] [ROUNDS=3] [SECONDS=15]" >&2; exit 2; }
 die() { echo "dnsperf-vs-knot: $*" >&2; exit 1; }
 
 (($# <= 3)) || usage
 N_SERVICES=${1:-10000}
 ROUNDS=${2:-3}
 DURATION=${3:-15}
-for v in "$N_SERVICES" "$ROUNDS" "$DURATION"; do
+UDP_WORKERS=${FLEETDNS_UDP_WORKERS:-1}
+for v in "$N_SERVICES" "$ROUNDS" "$DURATION" "$UDP_WORKERS"; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || usage
 done
 
@@ -185,7 +190,7 @@ mapfile -t PORTS < <("${HELPER[@]}" ports 4)
 declare -A PORT=([fleetdns]=${PORTS[0]} [knot]=${PORTS[2]} [nsd]=${PORTS[3]})
 OPS_PORT=${PORTS[1]}
 
-python3 "$HERE/gen_fleet.py" fleet "$WORK/fleet" "$N_SERVICES" "${PORT[fleetdns]}" "$OPS_PORT"
+python3 "$HERE/gen_fleet.py" fleet "$WORK/fleet" "$N_SERVICES" "${PORT[fleetdns]}" "$OPS_PORT" "$UDP_WORKERS"
 CONFIG=$WORK/fleet/fleet.yaml
 ZONE=$WORK/fleet.zone
 QUERIES=$WORK/queries.txt
@@ -296,7 +301,7 @@ done
 
 # --- report -----------------------------------------------------------------------------------------
 echo
-echo "== fleetdns vs Knot vs NSD: $N_SERVICES services, $(grep -cv '^\$' "$ZONE") records, $ROUNDS x ${DURATION}s"
+echo "== fleetdns vs Knot vs NSD: $N_SERVICES services, $(grep -cv '^\$' "$ZONE") records, $ROUNDS x ${DURATION}s, fleetdns udp_workers: $UDP_WORKERS"
 echo "   $("$FLEETDNS" --version 2>/dev/null || echo fleetdns) ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '+dirty')), $(knotd -V 2>&1 | head -n 1), $(nsd -v 2>&1 | head -n 1), $(dnsperf -h 2>&1 | grep -m 1 Version)"
 echo
 "${HELPER[@]}" summarize "$TSV"

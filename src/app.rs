@@ -82,9 +82,12 @@ impl App {
         );
         let metrics = Arc::new(metrics);
 
-        let dns = BoundDns::bind(&config.dns.listen).await?;
+        let dns = BoundDns::bind(&config.dns.listen, config.dns.udp_workers).await?;
         let dns_addrs = dns.local_addrs();
         let mut tasks = JoinSet::new();
+        // Dropping the JoinSet aborts tasks but not the UDP worker threads: if starting
+        // fails from here on, cancel so that they stop and release their sockets.
+        let stop_on_error = cancel.clone().drop_guard();
         dns.spawn(
             snapshot.clone(),
             ReplySettings {
@@ -98,7 +101,8 @@ impl App {
             metrics.clone(),
             cancel.clone(),
             &mut tasks,
-        );
+        )
+        .context("starting the UDP workers")?;
 
         let ops_addr = match config.ops_listen {
             Some(addr) => {
@@ -128,6 +132,7 @@ impl App {
         ));
         let ops_text = ops_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
         tracing::info!(dns = ?dns_addrs, ops = %ops_text, cluster = %config.cluster, zone = %config.zone.as_str(), "fleetdns serving");
+        stop_on_error.disarm();
         Ok(Self {
             dns_addrs,
             ops_addr,
@@ -162,8 +167,8 @@ impl App {
         self.cancel.clone()
     }
 
-    /// Stops every task and waits for them: UDP loops stop, TCP connections finish the
-    /// query in hand.
+    /// Stops every task and waits for them: UDP workers stop (their threads are joined),
+    /// TCP connections finish the query in hand.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while let Some(r) = self.tasks.join_next().await {
@@ -179,6 +184,14 @@ impl App {
     pub async fn run_until_cancelled(self) {
         self.cancel.cancelled().await;
         self.shutdown().await;
+    }
+}
+
+impl Drop for App {
+    /// An app dropped without `shutdown` still stops: its tasks are aborted with the
+    /// JoinSet, and the cancellation stops the UDP worker threads, which are not tasks.
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

@@ -146,6 +146,8 @@ pub struct DnsConfig {
     pub tcp_idle_timeout: Duration,
     pub max_tcp_connections: usize,
     pub max_tcp_per_client: usize,
+    /// UDP worker threads (one SO_REUSEPORT socket each) per `listen` address, on Linux.
+    pub udp_workers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +214,8 @@ struct RawDns {
     max_tcp_connections: Option<usize>,
     #[serde(default)]
     max_tcp_per_client: Option<usize>,
+    #[serde(default)]
+    udp_workers: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +367,9 @@ impl Config {
     }
 }
 
+/// The most UDP worker threads per address `dns.udp_workers` accepts.
+pub const MAX_UDP_WORKERS: usize = 1024;
+
 fn parse_dns(
     raw: &RawDns,
     invalid: &impl Fn(&str, String) -> ConfigError,
@@ -437,6 +444,19 @@ fn parse_dns(
         Some(n) => Ok(n),
         None => Ok(default),
     };
+    // One worker per CPU by default: each worker is a thread that saturates about one core.
+    let udp_workers = match raw.udp_workers {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(n @ 1..=MAX_UDP_WORKERS) => n,
+        // Each worker preallocates about half a MiB of buffers; a typo such as 10000 would
+        // otherwise cost gigabytes and thousands of threads.
+        Some(n) => {
+            return Err(invalid(
+                "dns.udp_workers",
+                format!("{n} must be between 1 and {MAX_UDP_WORKERS}"),
+            ));
+        }
+    };
     Ok(DnsConfig {
         listen,
         advertise,
@@ -446,6 +466,7 @@ fn parse_dns(
         tcp_idle_timeout,
         max_tcp_connections: positive("dns.max_tcp_connections", raw.max_tcp_connections, 256)?,
         max_tcp_per_client: positive("dns.max_tcp_per_client", raw.max_tcp_per_client, 16)?,
+        udp_workers,
     })
 }
 
@@ -466,9 +487,13 @@ mod tests {
         assert_eq!(c.dns.ttl, 5);
         assert_eq!(c.dns.negative_ttl, 5);
         assert_eq!(c.dns.max_udp_payload, 1232);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.dns.udp_workers, cpus);
         assert_eq!(c.dns.listen, vec!["127.0.0.1:8853".parse().unwrap()]);
         assert_eq!(c.dns.advertise, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(c.source, SourceConfig::File("/etc/fleetdns/s.yaml".into()));
+        let three = parse("fleet: f\ncluster: east\ndns: {udp_workers: 3}\nsource: {file: s}\n");
+        assert_eq!(three.unwrap().dns.udp_workers, 3);
     }
 
     #[test]
@@ -506,6 +531,9 @@ mod tests {
             ("dns: {listen: [\"nowhere\"]}", "nowhere"),
             ("dns: {listen: [\"0.0.0.0:53\"]}", "dns.advertise"),
             ("dns: {max_udp_payload: 100}", "dns.max_udp_payload"),
+            ("dns: {udp_workers: 0}", "dns.udp_workers"),
+            ("dns: {udp_workers: 1025}", "dns.udp_workers"),
+            ("dns: {udp_workers: -1}", "udp_workers"),
             ("network: {pod_cidrs: [10.0.0.0/33]}", "10.0.0.0/33"),
             ("zone: \"fl_eet.\"", "zone"),
             ("ops: {listen: \"x\"}", "ops.listen"),

@@ -1,8 +1,11 @@
 //! DNS sockets: UDP workers and TCP framing (RFC 7766) over the same answer index.
 //!
-//! This module owns the listening sockets and their loops. Every query is answered by
-//! `AnswerIndex::respond` on the currently published snapshot, loaded once per packet
-//! without a lock; counters go to the worker's own `WorkerStats`.
+//! This module owns the listening sockets, the binding rules for `dns.listen`, and the TCP
+//! loops. UDP is served on Linux by `dns.udp_workers` threads per address, each with its own
+//! SO_REUSEPORT socket and batched `recvmmsg`/`sendmmsg` (see `dns::mmsg`); elsewhere by one
+//! portable tokio loop per address. Every query is answered by `AnswerIndex::respond` on the
+//! currently published snapshot, loaded once per packet without a lock; counters go to the
+//! worker's own `WorkerStats`.
 
 use std::collections::HashMap;
 use std::io;
@@ -11,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -27,17 +30,28 @@ pub struct TcpLimits {
     pub max_per_client: usize,
 }
 
+/// The UDP sockets of one address: one per worker thread on Linux.
+#[cfg(target_os = "linux")]
+type UdpSockets = Vec<std::net::UdpSocket>;
+/// The UDP socket of one address, served by one tokio task.
+#[cfg(not(target_os = "linux"))]
+type UdpSockets = tokio::net::UdpSocket;
+
 /// Sockets bound for every `dns.listen` address, UDP and TCP on the same port.
 #[derive(Debug)]
 pub struct BoundDns {
     tcp: Vec<TcpListener>,
-    udp: Vec<UdpSocket>,
+    udp: Vec<UdpSockets>,
 }
 
 impl BoundDns {
     /// Binds TCP first, without SO_REUSEPORT, so a second instance on the same address
     /// fails with "address in use"; then UDP on the port TCP got (port 0 picks one).
-    pub async fn bind(listen: &[SocketAddr]) -> io::Result<Self> {
+    ///
+    /// On Linux that is `udp_workers` sockets per address with SO_REUSEPORT, which would
+    /// let a second instance share the UDP port silently: the plain TCP bind is what stops
+    /// it. A process holding the UDP port without SO_REUSEPORT still makes the bind fail.
+    pub async fn bind(listen: &[SocketAddr], udp_workers: usize) -> io::Result<Self> {
         let mut tcp = Vec::new();
         let mut udp = Vec::new();
         for addr in listen {
@@ -48,10 +62,10 @@ impl BoundDns {
                     io::Error::new(e.kind(), format!("dns.listen {addr} (TCP): {e}"))
                 })?;
                 let bound = listener.local_addr()?;
-                match UdpSocket::bind(bound).await {
-                    Ok(socket) => {
+                match bind_udp(bound, udp_workers).await {
+                    Ok(sockets) => {
                         tcp.push(listener);
-                        udp.push(socket);
+                        udp.push(sockets);
                         break;
                     }
                     Err(e) if attempts > 1 && e.kind() == io::ErrorKind::AddrInUse => {
@@ -77,7 +91,10 @@ impl BoundDns {
             .collect()
     }
 
-    /// Starts every loop on `tasks`; they stop when `cancel` fires.
+    /// Starts every loop: tasks on `tasks`, and on Linux the UDP worker threads, each with
+    /// a task on `tasks` that ends once its thread is joined. Everything stops when
+    /// `cancel` fires. Fails if a thread cannot be started; the caller must then cancel
+    /// `cancel` to stop the workers already running.
     pub fn spawn(
         self,
         snapshot: SharedSnapshot,
@@ -86,16 +103,18 @@ impl BoundDns {
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
         tasks: &mut JoinSet<()>,
-    ) {
-        for socket in self.udp {
-            let stats = metrics.dns_worker(metrics::Transport::Udp);
-            tasks.spawn(udp_loop(
-                socket,
-                snapshot.clone(),
+    ) -> io::Result<()> {
+        let mut worker = 0;
+        for sockets in self.udp {
+            spawn_udp(
+                sockets,
+                &mut worker,
+                &snapshot,
                 settings,
-                stats,
-                cancel.clone(),
-            ));
+                &metrics,
+                &cancel,
+                tasks,
+            )?;
         }
         for listener in self.tcp {
             let stats = metrics.dns_worker(metrics::Transport::Tcp);
@@ -109,10 +128,69 @@ impl BoundDns {
                 cancel.clone(),
             ));
         }
+        Ok(())
     }
 }
 
-fn count(stats: &WorkerStats, outcome: &Outcome) {
+#[cfg(target_os = "linux")]
+async fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<UdpSockets> {
+    (0..workers)
+        .map(|_| super::mmsg::bind_reuseport(addr))
+        .collect()
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn bind_udp(addr: SocketAddr, _workers: usize) -> io::Result<UdpSockets> {
+    tokio::net::UdpSocket::bind(addr).await
+}
+
+/// Starts the workers of one address; `next_worker` numbers them across addresses.
+#[cfg(target_os = "linux")]
+fn spawn_udp(
+    sockets: UdpSockets,
+    next_worker: &mut usize,
+    snapshot: &SharedSnapshot,
+    settings: ReplySettings,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> io::Result<()> {
+    for socket in sockets {
+        let context = super::mmsg::WorkerContext {
+            snapshot: snapshot.clone(),
+            settings,
+            stats: metrics.dns_worker(metrics::Transport::Udp),
+            cancel: cancel.clone(),
+        };
+        super::mmsg::spawn(*next_worker, socket, context, tasks)?;
+        *next_worker += 1;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_udp(
+    socket: UdpSockets,
+    _next_worker: &mut usize,
+    snapshot: &SharedSnapshot,
+    settings: ReplySettings,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> io::Result<()> {
+    let stats = metrics.dns_worker(metrics::Transport::Udp);
+    tasks.spawn(udp_loop(
+        socket,
+        snapshot.clone(),
+        settings,
+        stats,
+        cancel.clone(),
+    ));
+    Ok(())
+}
+
+/// Counts one query's outcome on its worker's stats.
+pub(super) fn count(stats: &WorkerStats, outcome: &Outcome) {
     // Before the early return: a packet too short to parse is dropped *and* malformed.
     if outcome.malformed {
         stats.malformed();
@@ -130,8 +208,10 @@ fn count(stats: &WorkerStats, outcome: &Outcome) {
     }
 }
 
+/// The portable UDP loop, for systems without the `recvmmsg` worker threads.
+#[cfg(not(target_os = "linux"))]
 async fn udp_loop(
-    socket: UdpSocket,
+    socket: tokio::net::UdpSocket,
     snapshot: SharedSnapshot,
     settings: ReplySettings,
     stats: Arc<WorkerStats>,
@@ -147,7 +227,7 @@ async fn udp_loop(
         let (len, peer) = match received {
             Ok(r) => r,
             Err(e) => {
-                // ICMP errors from earlier sends surface here on Linux; keep serving.
+                // ICMP errors from earlier sends can surface here; keep serving.
                 tracing::debug!(error = %e, "udp receive error");
                 continue;
             }
