@@ -8,11 +8,32 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fleetdns::app::{App, StartOptions};
 use fleetdns::config::Config;
 
-// mimalloc returns freed memory to the system and keeps per-thread heaps compact: a
-// snapshot build allocates and frees millions of small objects, which left glibc's
-// malloc holding ~150 MB of free fragments at 100k services.
+// mimalloc keeps per-thread heaps compact: a snapshot build allocates and frees
+// millions of small objects, which left glibc's malloc holding ~100 MB of free
+// fragments at 100k services (RSS 493 MB with glibc, 400 MB with mimalloc as tuned
+// in `tune_allocator`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+unsafe extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Returns freed memory to the OS at once instead of holding it for reuse: the big
+/// allocations happen at startup (parsing services files, the first build) and are
+/// not needed again. At 10k services this halves RSS (146 → 79 MB).
+fn tune_allocator() {
+    // Option numbers of `mi_option_e` in the mimalloc v3 bundled by libmimalloc-sys
+    // 0.1.49 (pinned in Cargo.toml): 4 = arena_eager_commit, 15 = purge_delay.
+    const ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+    const PURGE_DELAY: std::ffi::c_int = 15;
+    // SAFETY: mi_option_set only stores a value in mimalloc's option table; it is
+    // called before any other thread exists.
+    unsafe {
+        mi_option_set(ARENA_EAGER_COMMIT, 0);
+        mi_option_set(PURGE_DELAY, 0);
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +92,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     // File reads and snapshot builds run on the blocking pool; a few threads are plenty,
