@@ -321,3 +321,99 @@ pub fn dump_zone(path: &std::path::Path) -> anyhow::Result<String> {
     let zone = crate::dns::zone::Zone::build(&view, &settings.zone_params(serial));
     Ok(zone.to_zone_file())
 }
+
+/// What `fleetdns keygen` wrote.
+#[derive(Debug)]
+pub struct KeygenReport {
+    pub ca_created: bool,
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `fleetdns keygen`: makes (or reuses) the fleet CA in `out` and issues a leaf per
+/// cluster. Never overwrites a leaf: reissuing means deleting it first.
+pub fn keygen(
+    fleet: &str,
+    clusters: &[String],
+    out: &std::path::Path,
+    days: u32,
+    unix_now: u64,
+) -> anyhow::Result<KeygenReport> {
+    use crate::identity::{Credentials, FleetName, issue_leaf, new_ca};
+    let fleet = FleetName::parse(fleet)?;
+    if clusters.is_empty() {
+        anyhow::bail!("name at least one cluster id to issue a certificate for");
+    }
+    let ids = clusters
+        .iter()
+        .map(|c| crate::model::ClusterId::parse(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    for id in &ids {
+        for ext in ["pem", "key"] {
+            let path = out.join(format!("{id}.{ext}"));
+            if path.exists() {
+                anyhow::bail!(
+                    "{} exists: delete it to reissue the {id} certificate",
+                    path.display()
+                );
+            }
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (ca_cert, ca_key) = (out.join("ca.pem"), out.join("ca.key"));
+    let mut files = Vec::new();
+    let ca_created;
+    let ca = match (ca_cert.exists(), ca_key.exists()) {
+        (true, true) => {
+            ca_created = false;
+            Credentials {
+                cert_pem: std::fs::read_to_string(&ca_cert)
+                    .with_context(|| format!("reading {}", ca_cert.display()))?,
+                key_pem: std::fs::read_to_string(&ca_key)
+                    .with_context(|| format!("reading {}", ca_key.display()))?,
+            }
+        }
+        (false, false) => {
+            ca_created = true;
+            let ca = new_ca(&fleet, unix_now, 3650)?;
+            std::fs::write(&ca_cert, &ca.cert_pem)
+                .with_context(|| format!("writing {}", ca_cert.display()))?;
+            write_private(&ca_key, &ca.key_pem)?;
+            files.extend([ca_cert.clone(), ca_key.clone()]);
+            ca
+        }
+        _ => anyhow::bail!(
+            "{} and {} must both exist (reuse the CA) or both be absent (make one)",
+            ca_cert.display(),
+            ca_key.display()
+        ),
+    };
+    let bundle = out.join("trust-bundle.pem");
+    std::fs::write(&bundle, &ca.cert_pem)
+        .with_context(|| format!("writing {}", bundle.display()))?;
+    files.push(bundle);
+    for id in &ids {
+        let leaf = issue_leaf(&ca, &fleet, id, unix_now, days).with_context(|| {
+            format!("issuing the {id} certificate (is ca.pem/ca.key a fleetdns CA?)")
+        })?;
+        let (cert, key) = (out.join(format!("{id}.pem")), out.join(format!("{id}.key")));
+        std::fs::write(&cert, &leaf.cert_pem)
+            .with_context(|| format!("writing {}", cert.display()))?;
+        write_private(&key, &leaf.key_pem)?;
+        files.extend([cert, key]);
+    }
+    Ok(KeygenReport { ca_created, files })
+}

@@ -263,9 +263,9 @@ impl Config {
             message,
         };
 
-        if raw.fleet.trim().is_empty() {
-            return Err(invalid("fleet", "must not be empty".into()));
-        }
+        // The fleet name goes into every certificate's URI SAN: one DNS label.
+        crate::identity::FleetName::parse(&raw.fleet)
+            .map_err(|e| invalid("fleet", e.to_string()))?;
         let cluster =
             ClusterId::parse(&raw.cluster).map_err(|e| invalid("cluster", e.to_string()))?;
         let zone = ZoneName::parse(&raw.zone).map_err(|e| invalid("zone", e))?;
@@ -543,6 +543,14 @@ mod tests {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(needle), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn fleet_is_one_dns_label() {
+        let err = parse("fleet: Prod Fleet\ncluster: east\nsource: {file: s}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fleet") && err.contains("Prod Fleet"), "{err}");
     }
 
     #[test]

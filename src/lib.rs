@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod ops;

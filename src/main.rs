@@ -69,6 +69,21 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Make the fleet CA (or reuse the one in --out) and a certificate per cluster.
+    Keygen {
+        /// The fleet name (one DNS label), as in the config's `fleet:`.
+        #[arg(long)]
+        fleet: String,
+        /// Directory for ca.pem, ca.key, trust-bundle.pem and <cluster>.pem/.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity of the cluster certificates, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Cluster ids to issue certificates for.
+        #[arg(required = true)]
+        clusters: Vec<String>,
+    },
     /// Write the zone a config serves as an RFC 1035 zone file.
     DumpZone {
         #[arg(long)]
@@ -156,6 +171,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             for line in summary.lines {
                 println!("  {line}");
+            }
+            Ok(())
+        }
+        Command::Keygen {
+            fleet,
+            out,
+            days,
+            clusters,
+        } => {
+            use fleetdns::clock::Clock as _;
+            let now = fleetdns::clock::SystemClock.unix_seconds();
+            let report = fleetdns::app::keygen(&fleet, &clusters, &out, days, now)?;
+            if report.ca_created {
+                println!("made a new fleet CA; keep ca.key out of every cluster");
+            } else {
+                println!("reused the fleet CA in {}", out.display());
+            }
+            for file in report.files {
+                println!("wrote {}", file.display());
             }
             Ok(())
         }

@@ -218,3 +218,75 @@ async fn serial_demo_serves_the_embedded_fleet_and_stops_on_ctrl_c() {
     assert!(dir.contains("fleetdns-demo-"), "{dir}");
     assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
 }
+
+fn uri_sans(pem_text: &str) -> Vec<String> {
+    let der = ::pem::parse_many(pem_text)
+        .unwrap()
+        .remove(0)
+        .contents()
+        .to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().expect("a SAN");
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn keygen_makes_a_ca_and_leaves_that_name_their_cluster() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("creds");
+    let out_s = out.to_str().unwrap();
+    let o = run(&["keygen", "--fleet", "prod", "--out", out_s, "east", "west"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("new fleet CA"));
+    for key in ["ca.key", "east.key", "west.key"] {
+        let mode = std::fs::metadata(out.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{key} is private: {mode:o}");
+    }
+    let east = std::fs::read_to_string(out.join("east.pem")).unwrap();
+    assert_eq!(uri_sans(&east), vec!["fleetdns://prod/cluster/east"]);
+    assert_eq!(::pem::parse_many(&east).unwrap().len(), 2, "leaf then CA");
+    let ca = std::fs::read_to_string(out.join("ca.pem")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("trust-bundle.pem")).unwrap(),
+        ca
+    );
+
+    // A later run reuses the CA for a new cluster, and never overwrites a leaf.
+    let o = run(&["keygen", "--fleet", "prod", "--out", out_s, "central"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("reused the fleet CA"));
+    assert_eq!(std::fs::read_to_string(out.join("ca.pem")).unwrap(), ca);
+    let central = std::fs::read_to_string(out.join("central.pem")).unwrap();
+    assert!(
+        central.ends_with(&ca),
+        "central's chain ends with the same CA"
+    );
+    let o = run(&["keygen", "--fleet", "prod", "--out", out_s, "east"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("east.pem exists"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(out.join("east.pem")).unwrap(), east);
+
+    // Bad input names the value.
+    for (args, needle) in [
+        (vec!["--fleet", "Prod", "east"], "\"Prod\""),
+        (vec!["--fleet", "prod", "svc"], "svc"),
+        (vec!["--fleet", "prod", "East"], "East"),
+    ] {
+        let mut all = vec!["keygen", "--out", out_s];
+        all.extend(args);
+        let o = run(&all);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    }
+}
