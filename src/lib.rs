@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod dns;
 pub mod identity;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod ops;
