@@ -45,7 +45,9 @@ struct RawFile {
     /// clusters have no config of their own to carry them).
     #[serde(default)]
     labels: BTreeMap<String, String>,
-    #[serde(default)]
+    /// Required, even when empty (`services: []`): an empty or truncated file, as a
+    /// reader can catch mid-write, must be an error that keeps the last good state,
+    /// never an empty fleet that withdraws every service.
     services: Vec<RawService>,
 }
 
@@ -453,6 +455,15 @@ services:
         .unwrap_err()
         .to_string();
         assert!(err.contains("public"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_or_half_written_file_is_an_error_not_an_empty_fleet() {
+        // An in-place write can be read between truncate and write: that must keep the
+        // last good state (an error), never withdraw every service.
+        for text in ["", "services:\n  - {name: web, namespace: def"] {
+            assert!(parse_services_file(text, "f", &east()).is_err(), "{text:?}");
+        }
     }
 
     #[test]

@@ -410,9 +410,16 @@ mod tests {
         let mut rx = watch(path.clone(), fast_poll());
         expect_content(&mut rx, b"v1").await;
 
-        fs::write(&path, "v1").unwrap();
+        // Atomic replaces: an in-place write can be read half-done (empty) by a poll,
+        // which is a real change of content, not what this test is about.
+        let replace = |text: &str| {
+            let tmp = dir.path().join("services.yaml.tmp");
+            fs::write(&tmp, text).unwrap();
+            fs::rename(&tmp, &path).unwrap();
+        };
+        replace("v1");
         let_watcher_settle().await;
-        fs::write(&path, "v2").unwrap();
+        replace("v2");
         // Had the rewrite (or any poll) been reported, this would see "v1".
         expect_content(&mut rx, b"v2").await;
     }
