@@ -147,8 +147,11 @@ async fn watch_file(
                 }
             }
             _ = poll.tick() => {
-                if !refresh(&path, &mut tracker, &tx, &cancel).await {
-                    return;
+                // A poll can land in the middle of an in-place write. A change it sees
+                // is confirmed by a read after the debounce, like a notify event,
+                // rather than reported at once.
+                if tracker.differs(&tokio::fs::read(&path).await) && debounce_deadline.is_none() {
+                    debounce_deadline = Some(Instant::now() + settings.debounce);
                 }
             }
         }
@@ -250,6 +253,14 @@ struct ChangeTracker {
 }
 
 impl ChangeTracker {
+    /// Whether `read` would be reported, without recording it.
+    fn differs(&self, read: &io::Result<Vec<u8>>) -> bool {
+        match read {
+            Ok(bytes) => self.last_hash != Some(Sha256::digest(bytes).into()),
+            Err(error) => self.last_error != Some(error.kind()),
+        }
+    }
+
     fn observe(&mut self, read: io::Result<Vec<u8>>) -> Option<FileEvent> {
         match read {
             Ok(bytes) => {
@@ -422,6 +433,22 @@ mod tests {
         replace("v2");
         // Had the rewrite (or any poll) been reported, this would see "v1".
         expect_content(&mut rx, b"v2").await;
+    }
+
+    #[test]
+    fn differs_peeks_without_recording() {
+        let mut tracker = ChangeTracker::default();
+        assert!(tracker.differs(&Ok(b"v1".to_vec())));
+        assert!(
+            tracker.differs(&Ok(b"v1".to_vec())),
+            "peeking records nothing"
+        );
+        assert!(tracker.observe(Ok(b"v1".to_vec())).is_some());
+        assert!(!tracker.differs(&Ok(b"v1".to_vec())));
+        assert!(
+            tracker.differs(&Ok(Vec::new())),
+            "a half-written read is a change to confirm"
+        );
     }
 
     #[tokio::test]
