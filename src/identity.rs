@@ -28,6 +28,14 @@ pub enum IdentityError {
     },
     #[error("the wall clock ({0} s since 1970) is not a valid time")]
     BadClock(u64),
+    #[error("not a PEM certificate chain or key: {0}")]
+    Pem(String),
+    #[error("certificate not trusted by the bundle: {0}")]
+    Untrusted(String),
+    #[error("certificate names no cluster of fleet {fleet:?} (URI SANs: {uris:?})")]
+    NoClusterName { fleet: String, uris: Vec<String> },
+    #[error("signature does not verify")]
+    BadSignature,
 }
 
 /// The fleet's name as it appears in certificates: one DNS label.
@@ -145,6 +153,126 @@ pub fn issue_leaf(
     })
 }
 
+/// What a verified certificate chain proves: the peer holds a key certified by the
+/// fleet's trust bundle for this cluster.
+#[derive(Debug, Clone)]
+pub struct VerifiedPeer {
+    pub cluster: ClusterId,
+    leaf_der: Vec<u8>,
+}
+
+fn pem_ders(text: &str, tag: &str) -> Result<Vec<Vec<u8>>, IdentityError> {
+    let parsed = pem::parse_many(text).map_err(|e| IdentityError::Pem(e.to_string()))?;
+    let ders: Vec<Vec<u8>> = parsed
+        .into_iter()
+        .filter(|p| p.tag() == tag)
+        .map(|p| p.contents().to_vec())
+        .collect();
+    if ders.is_empty() {
+        return Err(IdentityError::Pem(format!("no {tag} block")));
+    }
+    Ok(ders)
+}
+
+fn uri_sans(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Verifies a peer's chain (leaf first, PEM) against any CA of `bundle` at `unix_now`,
+/// and reads which cluster of `fleet` it names. Host names and IPs play no part.
+pub fn verify_chain(
+    chain_pem: &str,
+    bundle_pem: &[String],
+    fleet: &FleetName,
+    unix_now: u64,
+) -> Result<VerifiedPeer, IdentityError> {
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let chain = pem_ders(chain_pem, "CERTIFICATE")?;
+    let ca_ders: Vec<CertificateDer<'static>> = bundle_pem
+        .iter()
+        .map(|p| pem_ders(p, "CERTIFICATE"))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .map(CertificateDer::from)
+        .collect();
+    let anchors = ca_ders
+        .iter()
+        .map(|der| {
+            webpki::anchor_from_trusted_cert(der)
+                .map(|a| a.to_owned())
+                .map_err(|e| IdentityError::Untrusted(format!("bad CA in the bundle: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let leaf = CertificateDer::from(chain[0].clone());
+    let intermediates: Vec<CertificateDer> = chain[1..]
+        .iter()
+        .map(|d| CertificateDer::from(d.clone()))
+        .collect();
+    let cert = webpki::EndEntityCert::try_from(&leaf)
+        .map_err(|e| IdentityError::Untrusted(e.to_string()))?;
+    cert.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &intermediates,
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(unix_now)),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| IdentityError::Untrusted(e.to_string()))?;
+    let uris = uri_sans(&chain[0]);
+    let prefix = format!("fleetdns://{}/cluster/", fleet.as_str());
+    let cluster = uris
+        .iter()
+        .find_map(|u| ClusterId::parse(u.strip_prefix(&prefix)?).ok())
+        .ok_or_else(|| IdentityError::NoClusterName {
+            fleet: fleet.as_str().to_string(),
+            uris: uris.clone(),
+        })?;
+    Ok(VerifiedPeer {
+        cluster,
+        leaf_der: chain[0].clone(),
+    })
+}
+
+impl VerifiedPeer {
+    /// Checks `signature` over `message` by this peer's certified key.
+    pub fn verify_signature(&self, message: &[u8], signature: &[u8]) -> Result<(), IdentityError> {
+        let der = rustls_pki_types::CertificateDer::from(self.leaf_der.as_slice());
+        let cert = webpki::EndEntityCert::try_from(&der)
+            .map_err(|e| IdentityError::Untrusted(e.to_string()))?;
+        cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, message, signature)
+            .map_err(|_| IdentityError::BadSignature)
+    }
+}
+
+/// Signs `message` with a leaf's private key (PEM, PKCS#8 ECDSA P-256, as `keygen`
+/// writes it).
+pub fn sign(key_pem: &str, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    let der = pem_ders(key_pem, "PRIVATE KEY")?.remove(0);
+    let rng = ring::rand::SystemRandom::new();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng)
+        .map_err(|e| IdentityError::Pem(format!("not an ECDSA P-256 key: {e}")))?;
+    key.sign(&rng, message)
+        .map(|sig| sig.as_ref().to_vec())
+        .map_err(|_| IdentityError::BadSignature)
+}
+
 fn validity(unix_now: u64, days: u32) -> Result<(OffsetDateTime, OffsetDateTime), IdentityError> {
     if !(1..=3650).contains(&days) {
         return Err(IdentityError::BadValidity { days });
@@ -230,6 +358,50 @@ mod tests {
         // A leaf of another fleet's CA does not chain.
         let other_ca = new_ca(&fleet, NOW, 3650).unwrap();
         assert!(verify(&other_ca, &leaf, NOW + 60, KeyUsage::server_auth()).is_err());
+    }
+
+    #[test]
+    fn chains_are_verified_by_bundle_and_uri_and_signatures_by_the_leaf_key() {
+        let fleet = FleetName::parse("prod").unwrap();
+        let ca = new_ca(&fleet, NOW, 3650).unwrap();
+        let west = ClusterId::parse("west").unwrap();
+        let leaf = issue_leaf(&ca, &fleet, &west, NOW, 365).unwrap();
+        let bundle = vec![ca.cert_pem.clone()];
+        let peer = verify_chain(&leaf.cert_pem, &bundle, &fleet, NOW + 60).unwrap();
+        assert_eq!(peer.cluster, west);
+
+        let sig = sign(&leaf.key_pem, b"root").unwrap();
+        peer.verify_signature(b"root", &sig).unwrap();
+        assert!(peer.verify_signature(b"rooT", &sig).is_err());
+        let other = issue_leaf(&ca, &fleet, &west, NOW, 365).unwrap();
+        let forged = sign(&other.key_pem, b"root").unwrap();
+        assert!(
+            peer.verify_signature(b"root", &forged).is_err(),
+            "another key"
+        );
+
+        // A foreign CA, an expired leaf, another fleet: refused with a reason.
+        let foreign = new_ca(&fleet, NOW, 3650).unwrap();
+        let err = verify_chain(
+            &leaf.cert_pem,
+            std::slice::from_ref(&foreign.cert_pem),
+            &fleet,
+            NOW,
+        )
+        .unwrap_err();
+        assert!(matches!(err, IdentityError::Untrusted(_)), "{err}");
+        let err = verify_chain(&leaf.cert_pem, &bundle, &fleet, NOW + 400 * 86_400).unwrap_err();
+        assert!(matches!(err, IdentityError::Untrusted(_)), "{err}");
+        let staging = FleetName::parse("staging").unwrap();
+        let err = verify_chain(&leaf.cert_pem, &bundle, &staging, NOW).unwrap_err();
+        assert!(
+            err.to_string().contains("fleetdns://prod/cluster/west"),
+            "{err}"
+        );
+        // Both CAs in the bundle (rotation overlap): trusted.
+        let both = vec![foreign.cert_pem.clone(), ca.cert_pem.clone()];
+        assert!(verify_chain(&leaf.cert_pem, &both, &fleet, NOW).is_ok());
+        assert!(verify_chain("garbage", &bundle, &fleet, NOW).is_err());
     }
 
     #[test]

@@ -381,6 +381,139 @@ pub fn digest<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a str)>) -> [u8; 32]
     h.finalize().into()
 }
 
+/// The key of a node's signed root.
+pub const ROOT_KEY: &str = "m:root";
+
+/// What a publisher's root commits to (DESIGN.md §4 "Origin authenticity").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootClaim {
+    pub fleet: String,
+    pub node_id: String,
+    pub generation: u64,
+    pub epoch: u64,
+    pub seq: u64,
+    /// Wall-clock seconds of the change, from the publisher's clock.
+    pub origin_time: u64,
+    pub key_count: u32,
+    pub digest: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+struct SealedRoot {
+    claim: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// Why a root is not adopted. Bounded: these are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RootRejection {
+    #[error("undecodable root")]
+    Decode,
+    #[error("node id is not <cluster>/<replica>")]
+    NodeId,
+    #[error("certificate not trusted")]
+    CertUntrusted,
+    #[error("certificate names another cluster than the node id")]
+    CertClusterMismatch,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("root is for another fleet or node")]
+    WrongOrigin,
+    #[error("held keys do not hash to the root")]
+    Incomplete,
+}
+
+impl RootRejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::NodeId => "node-id",
+            Self::CertUntrusted => "cert-untrusted",
+            Self::CertClusterMismatch => "cert-cluster-mismatch",
+            Self::BadSignature => "bad-signature",
+            Self::WrongOrigin => "wrong-origin",
+            Self::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// The cluster a node id claims: `<cluster>/<replica>`.
+pub fn node_cluster(node_id: &str) -> Option<ClusterId> {
+    let (cluster, replica) = node_id.split_once('/')?;
+    if replica.is_empty() {
+        return None;
+    }
+    ClusterId::parse(cluster).ok()
+}
+
+/// Signs `claim` with the publisher's leaf key: the `m:root` value.
+pub fn seal_root(
+    claim: &RootClaim,
+    key_pem: &str,
+) -> Result<String, crate::identity::IdentityError> {
+    let claim = postcard::to_stdvec(claim).expect("encoding plain data into a Vec cannot fail");
+    let signature = crate::identity::sign(key_pem, &claim)?;
+    let sealed = postcard::to_stdvec(&SealedRoot { claim, signature })
+        .expect("encoding plain data into a Vec cannot fail");
+    let mut out = String::from(SCHEMA);
+    URL_SAFE_NO_PAD.encode_string(sealed, &mut out);
+    Ok(out)
+}
+
+/// The adoption rule: node `node_id`'s keys are cluster C's export only when the id is
+/// `C/<replica>`, its certificate chains to the bundle and names C, the root's
+/// signature verifies under that certificate, the root is this fleet's and this node's,
+/// and the service keys held for the node hash to it (none missing, none extra).
+#[allow(clippy::too_many_arguments)]
+pub fn verify_root<'a>(
+    root_value: &str,
+    cert_chain_pem: &str,
+    bundle_pem: &[String],
+    fleet: &crate::identity::FleetName,
+    node_id: &str,
+    held: impl IntoIterator<Item = (&'a str, &'a str)>,
+    unix_now: u64,
+) -> Result<(ClusterId, RootClaim), RootRejection> {
+    let cluster = node_cluster(node_id).ok_or(RootRejection::NodeId)?;
+    let peer = crate::identity::verify_chain(cert_chain_pem, bundle_pem, fleet, unix_now).map_err(
+        |e| match e {
+            crate::identity::IdentityError::NoClusterName { .. } => {
+                RootRejection::CertClusterMismatch
+            }
+            _ => RootRejection::CertUntrusted,
+        },
+    )?;
+    if peer.cluster != cluster {
+        return Err(RootRejection::CertClusterMismatch);
+    }
+    if root_value.len() > MAX_VALUE_BYTES {
+        return Err(RootRejection::Decode);
+    }
+    let mut chars = root_value.chars();
+    if !matches!(chars.next(), Some(SCHEMA | SCHEMA_NEXT)) {
+        return Err(RootRejection::Decode);
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(chars.as_str())
+        .map_err(|_| RootRejection::Decode)?;
+    let sealed: SealedRoot = postcard::from_bytes(&bytes).map_err(|_| RootRejection::Decode)?;
+    peer.verify_signature(&sealed.claim, &sealed.signature)
+        .map_err(|_| RootRejection::BadSignature)?;
+    let claim: RootClaim =
+        postcard::from_bytes(&sealed.claim).map_err(|_| RootRejection::Decode)?;
+    if claim.fleet != fleet.as_str() || claim.node_id != node_id {
+        return Err(RootRejection::WrongOrigin);
+    }
+    let held: Vec<(&str, &str)> = held
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(SERVICE_PREFIX))
+        .collect();
+    if held.len() != claim.key_count as usize || digest(held) != claim.digest {
+        return Err(RootRejection::Incomplete);
+    }
+    Ok((cluster, claim))
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -536,6 +669,87 @@ mod tests {
         assert_ne!(
             digest(fewer.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
             d
+        );
+    }
+
+    /// The adoption rule, case by case: what a reader does with each kind of root.
+    #[test]
+    fn roots_are_adopted_only_from_their_own_cluster_and_complete() {
+        use crate::identity::{FleetName, issue_leaf, new_ca};
+        const NOW: u64 = 1_795_000_000;
+        let fleet = FleetName::parse("prod").unwrap();
+        let ca = new_ca(&fleet, NOW, 3650).unwrap();
+        let east = ClusterId::parse("east").unwrap();
+        let west = ClusterId::parse("west").unwrap();
+        let east_leaf = issue_leaf(&ca, &fleet, &east, NOW, 365).unwrap();
+        let west_leaf = issue_leaf(&ca, &fleet, &west, NOW, 365).unwrap();
+        let bundle = vec![ca.cert_pem.clone()];
+        let exports = exports_of(vec![export("web", 3, 1), export("db", 150, 2)]);
+        let (kvs, _) = encode_exports(&exports);
+        let held = || kvs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let claim = |node: &str| RootClaim {
+            fleet: "prod".into(),
+            node_id: node.into(),
+            generation: 1,
+            epoch: 1,
+            seq: 7,
+            origin_time: NOW,
+            key_count: kvs.len() as u32,
+            digest: digest(held()),
+        };
+        let verify = |root: &str, chain: &str, node: &str, held: Vec<(&str, &str)>| {
+            verify_root(root, chain, &bundle, &fleet, node, held, NOW + 10)
+        };
+
+        let root = seal_root(&claim("east/0"), &east_leaf.key_pem).unwrap();
+        let (cluster, adopted) =
+            verify(&root, &east_leaf.cert_pem, "east/0", held().collect()).unwrap();
+        assert_eq!((cluster, adopted.seq), (east.clone(), 7));
+
+        // west's key and certificate writing under east/*: never east's.
+        let forged = seal_root(&claim("east/0"), &west_leaf.key_pem).unwrap();
+        assert_eq!(
+            verify(&forged, &west_leaf.cert_pem, "east/0", held().collect()).unwrap_err(),
+            RootRejection::CertClusterMismatch
+        );
+        // Presenting east's certificate does not help without east's key.
+        assert_eq!(
+            verify(&forged, &east_leaf.cert_pem, "east/0", held().collect()).unwrap_err(),
+            RootRejection::BadSignature
+        );
+        // A root replayed under another node id of the cluster.
+        assert_eq!(
+            verify(&root, &east_leaf.cert_pem, "east/1", held().collect()).unwrap_err(),
+            RootRejection::WrongOrigin
+        );
+        // Half-received keys: a chunk missing, or one extra value planted.
+        let mut partial: Vec<_> = held().collect();
+        partial.pop();
+        assert_eq!(
+            verify(&root, &east_leaf.cert_pem, "east/0", partial).unwrap_err(),
+            RootRejection::Incomplete
+        );
+        let extra_value = encode_service(&export("evil", 1, 1)).unwrap().remove(0);
+        let mut planted: Vec<_> = held().collect();
+        planted.push((extra_value.0.as_str(), extra_value.1.as_str()));
+        assert_eq!(
+            verify(&root, &east_leaf.cert_pem, "east/0", planted).unwrap_err(),
+            RootRejection::Incomplete
+        );
+        // A certificate from another CA, a bad node id, garbage.
+        let foreign = new_ca(&fleet, NOW, 3650).unwrap();
+        let foreign_leaf = issue_leaf(&foreign, &fleet, &east, NOW, 365).unwrap();
+        assert_eq!(
+            verify(&root, &foreign_leaf.cert_pem, "east/0", held().collect()).unwrap_err(),
+            RootRejection::CertUntrusted
+        );
+        assert_eq!(
+            verify(&root, &east_leaf.cert_pem, "east", held().collect()).unwrap_err(),
+            RootRejection::NodeId
+        );
+        assert_eq!(
+            verify("1***", &east_leaf.cert_pem, "east/0", held().collect()).unwrap_err(),
+            RootRejection::Decode
         );
     }
 
