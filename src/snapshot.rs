@@ -15,7 +15,7 @@ use crate::config::{Config, NetworkConfig, ZoneName};
 use crate::dns::index::{AnswerIndex, IndexBuilder, Readiness};
 use crate::dns::zone::{GroupId, ZoneParams, build_group};
 use crate::model::{ClusterId, ServiceExport, ServiceKey};
-use crate::view::{ClusterInput, FleetView};
+use crate::view::{ClusterInput, ClusterState, FleetView};
 
 /// One generation of everything served. Never mutated after it is published.
 #[derive(Debug)]
@@ -127,6 +127,7 @@ impl Delta {
                 delta.clusters.insert(id.clone());
             }
             if old_input.state != input.state {
+                delta.clusters.insert(id.clone());
                 all_keys(old_input, &mut delta);
                 all_keys(input, &mut delta);
                 continue;
@@ -266,6 +267,13 @@ impl Engine {
         if !delta.clusters.is_empty() {
             self.view.sync_clusters(&self.inputs);
             self.settings.overlay_local_labels(&mut self.view);
+            let withdrawn = self
+                .view
+                .clusters
+                .values()
+                .filter(|c| c.state == ClusterState::Withdrawn)
+                .map(|c| c.id.as_str());
+            self.index.set_withdrawn(withdrawn);
         }
         self.view
             .update_keys(&self.settings.network, &self.inputs, &delta.keys);
@@ -341,6 +349,10 @@ mod tests {
         DropCluster {
             cluster: u8,
         },
+        State {
+            cluster: u8,
+            state: u8,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -350,6 +362,7 @@ mod tests {
             2 => (0u8..3, 0u8..4, 0u8..2).prop_map(|(cluster, name, ns)| Op::Remove { cluster, name, ns }),
             1 => (0u8..3, 0u8..3).prop_map(|(cluster, value)| Op::Labels { cluster, value }),
             1 => (1u8..3).prop_map(|cluster| Op::DropCluster { cluster }),
+            2 => (1u8..3, 0u8..3).prop_map(|(cluster, state)| Op::State { cluster, state }),
         ]
     }
 
@@ -431,6 +444,15 @@ mod tests {
             Op::DropCluster { cluster } => {
                 inputs.remove(&cid(cluster));
             }
+            Op::State { cluster, state } => {
+                entry(inputs, cluster);
+                let input = inputs.get_mut(&cid(cluster)).expect("just made");
+                input.state = [
+                    ClusterState::Live,
+                    ClusterState::Unreachable,
+                    ClusterState::Withdrawn,
+                ][usize::from(state)];
+            }
         }
     }
 
@@ -453,6 +475,140 @@ mod tests {
                 prop_assert!(snap.index.same_answers(&full_index), "index differs after {:?}", op);
             }
         }
+    }
+
+    /// The answers a reader gives while clusters are unreachable or withdrawn.
+    #[test]
+    fn unreachable_clusters_answer_stale_and_withdrawn_ones_servfail() {
+        use crate::dns::index::{Outcome, ReplySettings, Transport};
+        use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+        use hickory_proto::rr::{Name, RecordType};
+
+        let mut engine = Engine::new(settings());
+        let mut inputs = BTreeMap::new();
+        // s1 exported by c0 (local, live) and c1; s2 only by c1; s3 by c1 and c2.
+        for op in [
+            Op::Upsert {
+                cluster: 0,
+                name: 1,
+                ns: 0,
+                headless: false,
+                addr: 1,
+                ready: true,
+                ports: 0,
+                all: false,
+            },
+            Op::Upsert {
+                cluster: 1,
+                name: 1,
+                ns: 0,
+                headless: false,
+                addr: 1,
+                ready: true,
+                ports: 0,
+                all: false,
+            },
+            Op::Upsert {
+                cluster: 1,
+                name: 2,
+                ns: 0,
+                headless: false,
+                addr: 1,
+                ready: true,
+                ports: 1,
+                all: false,
+            },
+            Op::Upsert {
+                cluster: 1,
+                name: 3,
+                ns: 0,
+                headless: false,
+                addr: 1,
+                ready: true,
+                ports: 0,
+                all: false,
+            },
+            Op::Upsert {
+                cluster: 2,
+                name: 3,
+                ns: 0,
+                headless: false,
+                addr: 2,
+                ready: true,
+                ports: 0,
+                all: false,
+            },
+            Op::State {
+                cluster: 1,
+                state: 1,
+            },
+            Op::State {
+                cluster: 2,
+                state: 2,
+            },
+        ] {
+            apply_op(&mut inputs, &op);
+        }
+        let snap = engine.apply(inputs, Readiness::Ready, vec![], 7000);
+        let ask = |name: &str, qtype: RecordType| -> (Outcome, Message, Option<u16>) {
+            let mut m = Message::query();
+            m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+            m.set_edns(Edns::new());
+            let mut out = Vec::new();
+            let settings = ReplySettings {
+                max_udp_payload: 1232,
+            };
+            let outcome = snap.index.respond(
+                Readiness::Ready,
+                settings,
+                &m.to_vec().unwrap(),
+                Transport::Udp,
+                &mut out,
+            );
+            // Our OPT is the last record: its EDE option, if any, ends the message.
+            let ede = (out[out.len() - 2..] != [0, 0]).then(|| {
+                let len = out.len();
+                let text_start = (0..len)
+                    .rev()
+                    .find(|&i| out[i..].starts_with(&[0, 15]))
+                    .unwrap();
+                u16::from_be_bytes([out[text_start + 4], out[text_start + 5]])
+            });
+            (outcome, Message::from_vec(&out).unwrap(), ede)
+        };
+        // A live local export wins: no staleness.
+        let (_, m, ede) = ask("s1.n0.svc.fleet.", RecordType::A);
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(ede, None);
+        // Only an unreachable cluster can answer: its last export, TTL ≤ 5, EDE 3.
+        let (_, m, ede) = ask("s2.n0.svc.fleet.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(m.answers.len(), 1);
+        assert!(m.answers[0].ttl <= 5);
+        assert_eq!(ede, Some(3));
+        let (_, _, ede) = ask("_p0._tcp.s2.n0.c1.fleet.", RecordType::SRV);
+        assert_eq!(
+            ede,
+            Some(3),
+            "per-cluster names of an unreachable cluster are stale too"
+        );
+        // A withdrawn cluster never contributes; its names answer SERVFAIL + EDE 22.
+        let (_, m, ede) = ask("s3.n0.svc.fleet.", RecordType::A);
+        assert_eq!(
+            m.answers.len(),
+            1,
+            "c1's stale answer only, not withdrawn c2's"
+        );
+        assert_eq!(ede, Some(3));
+        for name in ["s3.n0.c2.fleet.", "nope.n0.c2.fleet.", "c2.fleet."] {
+            let (outcome, m, ede) = ask(name, RecordType::A);
+            assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{name}");
+            assert!(!m.metadata.authoritative);
+            assert_eq!((outcome.rcode, ede), (2, Some(22)), "{name}");
+        }
+        // Other clusters' absent names stay NXDOMAIN.
+        let (_, m, _) = ask("nope.n0.c0.fleet.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     }
 
     #[test]

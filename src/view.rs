@@ -15,12 +15,19 @@ use crate::model::{
     AddressKind, ClusterId, HostLabel, LocalExports, Policy, ServiceExport, ServiceKey,
 };
 
-/// A cluster's liveness as this peer sees it. A static fleet's clusters are always live;
-/// the mesh adds the other states.
+/// A cluster's liveness as this peer sees it (DESIGN.md §4 "Cluster states"). A static
+/// fleet's clusters are always live; the mesh decides the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClusterState {
     Live,
+    /// No replica is live, for less than `max_stale`: its last export still answers,
+    /// as stale data (TTL ≤ 5 s, EDE 3), and merged names use it only when no live
+    /// cluster can answer.
+    Unreachable,
+    /// Unreachable for more than `max_stale`: its names answer SERVFAIL with EDE 22,
+    /// never NXDOMAIN, and it contributes to no merged name.
+    Withdrawn,
 }
 
 /// One cluster's input to the view.
@@ -122,6 +129,8 @@ pub struct MergedService {
     pub contributing: Vec<ClusterId>,
     /// The policy's choice among them, local cluster first.
     pub chosen: Vec<ClusterId>,
+    /// No live cluster contributes: `chosen` are unreachable clusters' last exports.
+    pub stale: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -216,7 +225,9 @@ impl FleetView {
             policy: Policy::default(),
             contributing: Vec::new(),
             chosen: Vec::new(),
+            stale: false,
         };
+        let mut unreachable = Vec::new();
         // Local cluster first, then the others in id order: the policy order.
         let order = self
             .clusters
@@ -232,9 +243,18 @@ impl FleetView {
                 // policies choose every contributing cluster anyway.
                 merged.policy = svc.export.policy;
             }
-            if cluster.state == ClusterState::Live && svc.contributes() {
-                merged.contributing.push(id.clone());
+            if svc.contributes() {
+                match cluster.state {
+                    ClusterState::Live => merged.contributing.push(id.clone()),
+                    ClusterState::Unreachable => unreachable.push(id.clone()),
+                    ClusterState::Withdrawn => {}
+                }
             }
+        }
+        if merged.contributing.is_empty() && !unreachable.is_empty() {
+            // Better a stale answer, marked as such, than none.
+            merged.contributing = unreachable;
+            merged.stale = true;
         }
         let local_contributes = merged.contributing.first() == Some(&self.local);
         merged.chosen = match merged.policy {

@@ -44,6 +44,8 @@ struct Answer {
     /// (records, octets) of the TCP-capped form, when even the answer section does not
     /// fit 65,535 octets.
     capped: Option<(u16, u32)>,
+    /// Stale data of an unreachable cluster: the reply carries EDE 3.
+    stale: bool,
     body: Box<[u8]>,
 }
 
@@ -120,6 +122,16 @@ pub struct ReplySettings {
     pub max_udp_payload: u16,
 }
 
+const STALE_ANSWER: Ede = Ede {
+    code: wire::ede::STALE_ANSWER,
+    text: "Stale Answer",
+};
+
+const NO_REACHABLE_AUTHORITY: Ede = Ede {
+    code: wire::ede::NO_REACHABLE_AUTHORITY,
+    text: "No Reachable Authority",
+};
+
 const NOT_READY: Ede = Ede {
     code: wire::ede::NOT_READY,
     text: "Not Ready",
@@ -135,6 +147,8 @@ pub struct AnswerIndex {
     /// answers, whose owner is a pointer to the apex inside the echoed question.
     soa_tail: Arc<[u8]>,
     names: usize,
+    /// Labels (directly under the apex) of withdrawn clusters; usually empty.
+    withdrawn: Arc<[Box<[u8]>]>,
 }
 
 /// The budget for records in a TCP reply: the message cap minus header, question and
@@ -148,6 +162,7 @@ fn build_answer(
     rtype: RecordType,
     answers: &[Record],
     additionals: &[Record],
+    stale: bool,
 ) -> Answer {
     let budget = tcp_budget(owner.len() + 1 + 4);
     let mut w = MessageWriter::new(owner, u16::from(rtype));
@@ -170,6 +185,7 @@ fn build_answer(
         arcount: additionals.len() as u16,
         answer_len,
         capped,
+        stale,
         body: w.into_body(),
     }
 }
@@ -198,6 +214,7 @@ fn build_entry(
     owner: &Name,
     rrsets: &NameRrsets,
     names: &BTreeMap<Name, NameRrsets>,
+    stale: bool,
 ) -> Arc<NameEntry> {
     rrsets
         .iter()
@@ -210,7 +227,7 @@ fn build_entry(
                     _ => None,
                 }),
             );
-            build_answer(owner, *rtype, records, &additionals)
+            build_answer(owner, *rtype, records, &additionals, stale)
         })
         .collect()
 }
@@ -288,6 +305,7 @@ pub struct IndexBuilder {
     soa_tail: Arc<[u8]>,
     names: usize,
     empty: Arc<NameEntry>,
+    withdrawn: Arc<[Box<[u8]>]>,
 }
 
 impl IndexBuilder {
@@ -302,6 +320,7 @@ impl IndexBuilder {
             soa_tail: Arc::from(&[][..]),
             names: 0,
             empty: Arc::from(Vec::new()),
+            withdrawn: Arc::from(Vec::new()),
         }
     }
 
@@ -333,7 +352,7 @@ impl IndexBuilder {
         let mut new = Vec::with_capacity(group.names.len());
         for (owner, rrsets) in &group.names {
             let key: Arc<[u8]> = wire_name(owner).into();
-            let entry = build_entry(owner, rrsets, &group.names);
+            let entry = build_entry(owner, rrsets, &group.names, group.stale.contains(owner));
             let existing = self.get(&key);
             let was_owned = existing.is_some_and(|e| !e.is_empty());
             // Most of a group's names survive a change unchanged (the SRV name when
@@ -399,6 +418,14 @@ impl IndexBuilder {
         }
     }
 
+    /// The clusters whose whole subtree answers SERVFAIL with EDE 22 (withdrawn).
+    pub fn set_withdrawn<'a>(&mut self, clusters: impl IntoIterator<Item = &'a str>) {
+        self.withdrawn = clusters
+            .into_iter()
+            .map(|c| c.to_ascii_lowercase().into_bytes().into_boxed_slice())
+            .collect();
+    }
+
     /// The index as it stands: shares every shard with the builder.
     pub fn publish(&self) -> AnswerIndex {
         AnswerIndex {
@@ -406,6 +433,7 @@ impl IndexBuilder {
             shards: self.shards.clone(),
             soa_tail: self.soa_tail.clone(),
             names: self.names,
+            withdrawn: self.withdrawn.clone(),
         }
     }
 }
@@ -416,9 +444,11 @@ impl AnswerIndex {
         let mut builder = IndexBuilder::new(&zone.apex);
         let group = Group {
             names: zone.names.clone(),
-            skipped: Vec::new(),
+            stale: zone.stale.clone(),
+            ..Group::default()
         };
         builder.replace_group(GroupId::Apex, &group);
+        builder.set_withdrawn(zone.withdrawn.iter().map(|c| c.as_str()));
         builder.publish()
     }
 
@@ -461,6 +491,7 @@ impl AnswerIndex {
                 .collect()
         };
         self.apex == other.apex
+            && self.withdrawn == other.withdrawn
             && self.soa_tail == other.soa_tail
             && self.names == other.names
             && entries(self) == entries(other)
@@ -469,6 +500,21 @@ impl AnswerIndex {
     /// Number of names (owner names and empty non-terminals).
     pub fn name_count(&self) -> usize {
         self.names
+    }
+
+    /// Whether `qname` (apex at `apex_offset`) is a withdrawn cluster's name or below it.
+    fn under_withdrawn(&self, qname: &[u8], apex_offset: usize) -> bool {
+        // Find the label just before the apex: the first label under it.
+        let mut pos = 0;
+        let mut last = None;
+        while pos < apex_offset {
+            last = Some(pos);
+            pos += 1 + qname[pos] as usize;
+        }
+        last.is_some_and(|at| {
+            let label = &qname[at + 1..at + 1 + qname[at] as usize];
+            self.withdrawn.iter().any(|w| **w == *label)
+        })
     }
 
     /// Offset of the apex inside a lowercase wire name, if the name is in the zone.
@@ -584,6 +630,18 @@ impl AnswerIndex {
             bare(out, false, false, rcode::SERVFAIL, Some(NOT_READY));
             return outcome;
         }
+        if !self.withdrawn.is_empty() && self.under_withdrawn(qname, apex_offset) {
+            // A cluster that left without saying so: never a false NXDOMAIN.
+            outcome.rcode = rcode::SERVFAIL;
+            bare(
+                out,
+                false,
+                false,
+                rcode::SERVFAIL,
+                Some(NO_REACHABLE_AUTHORITY),
+            );
+            return outcome;
+        }
 
         let question_len = query.question_end - wire::HEADER_LEN;
         let opt_len = if query.edns.is_some() {
@@ -645,7 +703,8 @@ impl AnswerIndex {
         write_reply_start(out, packet, &query, rc, form.counts, opt_len > 0);
         out.extend_from_slice(form.body);
         if query.edns.is_some() {
-            wire::write_opt(out, settings.max_udp_payload, rc, None);
+            let ede = answer.filter(|a| a.stale).map(|_| STALE_ANSWER);
+            wire::write_opt(out, settings.max_udp_payload, rc, ede);
         }
         outcome
     }
@@ -715,6 +774,8 @@ mod tests {
             negative_ttl: 5,
             names,
             skipped: vec![],
+            stale: Default::default(),
+            withdrawn: vec![],
         })
     }
 

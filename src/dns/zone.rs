@@ -6,7 +6,7 @@
 //! encodes these RRsets for the wire, and [`Zone::to_zone_file`] writes them as an
 //! RFC 1035 zone file, so what another server loads is exactly what we serve.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -16,7 +16,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use crate::config::ZoneName;
 use crate::dns::names::{FleetName, Tree};
 use crate::model::{ClusterId, ServiceKey};
-use crate::view::{FleetView, MergedService, Served, ServedEndpoint, ServedService};
+use crate::view::{ClusterState, FleetView, MergedService, Served, ServedEndpoint, ServedService};
 
 /// Zone-wide parameters that are not part of the view.
 #[derive(Debug, Clone)]
@@ -31,6 +31,9 @@ pub struct ZoneParams {
 
 /// The TXT string of `dns-version.<zone>`.
 pub const DNS_VERSION: &str = "fleetdns-1";
+
+/// Largest TTL of stale data (DESIGN.md §4): a resolver must come back soon.
+pub const STALE_TTL: u32 = 5;
 
 /// SRV priorities of merged names: the local cluster first, then the rest.
 const SRV_PRIORITY_LOCAL: u16 = 0;
@@ -47,6 +50,10 @@ pub struct Zone {
     pub names: BTreeMap<Name, NameRrsets>,
     /// Names that could not be made (longer than 255 octets), with the reason.
     pub skipped: Vec<String>,
+    /// Names whose answers are stale data (EDE 3).
+    pub stale: BTreeSet<Name>,
+    /// Withdrawn clusters: everything under them answers SERVFAIL (EDE 22).
+    pub withdrawn: Vec<ClusterId>,
 }
 
 struct Builder {
@@ -56,6 +63,9 @@ struct Builder {
     /// Every (owner, data) added, so that keeping RRsets sets stays linear.
     seen: HashSet<(Name, RData)>,
     skipped: Vec<String>,
+    /// While set, records are stale data: TTL capped, owner recorded in `stale`.
+    stale_mode: bool,
+    stale: BTreeSet<Name>,
 }
 
 impl Builder {
@@ -85,6 +95,12 @@ impl Builder {
         if !self.seen.insert((owner.clone(), rdata.clone())) {
             return;
         }
+        let ttl = if self.stale_mode {
+            self.stale.insert(owner.clone());
+            ttl.min(STALE_TTL)
+        } else {
+            ttl
+        };
         self.names
             .entry(owner.clone())
             .or_default()
@@ -122,6 +138,8 @@ pub struct Group {
     pub names: BTreeMap<Name, NameRrsets>,
     /// Names that could not be made (longer than 255 octets).
     pub skipped: Vec<String>,
+    /// Names whose answers are stale data (EDE 3).
+    pub stale: BTreeSet<Name>,
 }
 
 impl ZoneParams {
@@ -138,13 +156,18 @@ pub fn build_group(view: &FleetView, params: &ZoneParams, id: &GroupId) -> Group
         names: BTreeMap::new(),
         seen: HashSet::new(),
         skipped: Vec::new(),
+        stale_mode: false,
+        stale: BTreeSet::new(),
     };
     match id {
         GroupId::Apex => add_apex(&mut b, params),
         GroupId::Cluster(cluster) => {
+            // A withdrawn cluster has no names: the index answers SERVFAIL under it.
             if let Some(c) = view.clusters.get(cluster)
+                && c.state != ClusterState::Withdrawn
                 && let Some(owner) = b.name(&FleetName::Cluster(cluster.clone()))
             {
+                b.stale_mode = c.state == ClusterState::Unreachable;
                 let mut strings = vec![format!("cluster={cluster}")];
                 strings.extend(c.labels.iter().map(|(k, v)| format!("{k}={v}")));
                 b.add(&owner, params.ttl, RData::TXT(TXT::new(strings)));
@@ -152,11 +175,16 @@ pub fn build_group(view: &FleetView, params: &ZoneParams, id: &GroupId) -> Group
         }
         GroupId::Service(key) => {
             for (id, cluster) in &view.clusters {
+                if cluster.state == ClusterState::Withdrawn {
+                    continue;
+                }
                 if let Some(svc) = cluster.services.get(key) {
+                    b.stale_mode = cluster.state == ClusterState::Unreachable;
                     add_cluster_service(&mut b, id, key, svc);
                 }
             }
             if let Some(merged) = view.merged.get(key) {
+                b.stale_mode = merged.stale;
                 add_merged(&mut b, view, key, merged);
             }
         }
@@ -164,6 +192,7 @@ pub fn build_group(view: &FleetView, params: &ZoneParams, id: &GroupId) -> Group
     Group {
         names: b.names,
         skipped: b.skipped,
+        stale: b.stale,
     }
 }
 
@@ -243,16 +272,25 @@ impl Zone {
     pub fn build(view: &FleetView, params: &ZoneParams) -> Self {
         let mut names = BTreeMap::new();
         let mut skipped = Vec::new();
+        let mut stale = BTreeSet::new();
         for id in group_ids(view) {
             let group = build_group(view, params, &id);
             names.extend(group.names);
             skipped.extend(group.skipped);
+            stale.extend(group.stale);
         }
         Zone {
             apex: params.apex_name(),
             negative_ttl: params.negative_ttl,
             names,
             skipped,
+            stale,
+            withdrawn: view
+                .clusters
+                .values()
+                .filter(|c| c.state == ClusterState::Withdrawn)
+                .map(|c| c.id.clone())
+                .collect(),
         }
     }
 
