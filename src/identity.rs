@@ -86,16 +86,7 @@ fn cert_error(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> IdentityE
 /// Makes a new fleet CA, valid for `days` from `unix_now`. Its key signs leaves and never
 /// goes into a cluster.
 pub fn new_ca(fleet: &FleetName, unix_now: u64, days: u32) -> Result<Credentials, IdentityError> {
-    let (not_before, not_after) = validity(unix_now, days)?;
-    let mut params = CertificateParams::default();
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        format!("fleetdns CA {}", fleet.as_str()),
-    );
-    params.distinguished_name = dn;
+    let mut params = base_params(unix_now, days, format!("fleetdns CA {}", fleet.as_str()))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let key = KeyPair::generate().map_err(cert_error("generating the CA key"))?;
@@ -117,20 +108,15 @@ pub fn issue_leaf(
     unix_now: u64,
     days: u32,
 ) -> Result<Credentials, IdentityError> {
-    let (not_before, not_after) = validity(unix_now, days)?;
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(cert_error("reading the CA key"))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
         .map_err(cert_error("reading the CA certificate"))?;
     let uri = cluster_uri(fleet, cluster);
-    let mut params = CertificateParams::default();
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
+    let mut params = base_params(
+        unix_now,
+        days,
         format!("fleetdns {} {cluster}", fleet.as_str()),
-    );
-    params.distinguished_name = dn;
+    )?;
     params.subject_alt_names = vec![SanType::URI(
         uri.clone()
             .try_into()
@@ -273,6 +259,29 @@ pub fn sign(key_pem: &str, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
         .map_err(|_| IdentityError::BadSignature)
 }
 
+/// Parameters every fleetdns certificate shares: validity from the caller's clock and
+/// a common name for humans (peers go by the URI SAN).
+fn base_params(
+    unix_now: u64,
+    days: u32,
+    common_name: String,
+) -> Result<CertificateParams, IdentityError> {
+    let (not_before, not_after) = validity(unix_now, days)?;
+    let mut params = CertificateParams::default();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    Ok(params)
+}
+
+/// The URI SANs of the first certificate of a PEM chain (for `keygen`'s checks and
+/// operators' tools).
+pub fn certificate_uris(chain_pem: &str) -> Result<Vec<String>, IdentityError> {
+    Ok(uri_sans(&pem_ders(chain_pem, "CERTIFICATE")?[0]))
+}
+
 fn validity(unix_now: u64, days: u32) -> Result<(OffsetDateTime, OffsetDateTime), IdentityError> {
     if !(1..=3650).contains(&days) {
         return Err(IdentityError::BadValidity { days });
@@ -322,31 +331,16 @@ mod tests {
         .map(|_| ())
     }
 
-    fn uris(pem: &str) -> Vec<String> {
-        let der = der_chain(pem).remove(0);
-        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-        cert.subject_alternative_name()
-            .unwrap()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     #[test]
     fn leaves_chain_to_their_ca_and_name_their_cluster() {
         let fleet = FleetName::parse("prod").unwrap();
         let ca = new_ca(&fleet, NOW, 3650).unwrap();
         let east = ClusterId::parse("east").unwrap();
         let leaf = issue_leaf(&ca, &fleet, &east, NOW, 365).unwrap();
-        assert_eq!(uris(&leaf.cert_pem), vec!["fleetdns://prod/cluster/east"]);
+        assert_eq!(
+            certificate_uris(&leaf.cert_pem).unwrap(),
+            vec!["fleetdns://prod/cluster/east"]
+        );
         assert_eq!(der_chain(&leaf.cert_pem).len(), 2, "leaf then CA");
         verify(&ca, &leaf, NOW + 60, KeyUsage::server_auth()).unwrap();
         verify(&ca, &leaf, NOW + 60, KeyUsage::client_auth()).unwrap();

@@ -219,24 +219,6 @@ async fn serial_demo_serves_the_embedded_fleet_and_stops_on_ctrl_c() {
     assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
 }
 
-fn uri_sans(pem_text: &str) -> Vec<String> {
-    let der = ::pem::parse_many(pem_text)
-        .unwrap()
-        .remove(0)
-        .contents()
-        .to_vec();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let san = cert.subject_alternative_name().unwrap().expect("a SAN");
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn keygen_makes_a_ca_and_leaves_that_name_their_cluster() {
     use std::os::unix::fs::PermissionsExt;
@@ -254,7 +236,10 @@ fn keygen_makes_a_ca_and_leaves_that_name_their_cluster() {
         assert_eq!(mode & 0o077, 0, "{key} is private: {mode:o}");
     }
     let east = std::fs::read_to_string(out.join("east.pem")).unwrap();
-    assert_eq!(uri_sans(&east), vec!["fleetdns://prod/cluster/east"]);
+    assert_eq!(
+        fleetdns::identity::certificate_uris(&east).unwrap(),
+        vec!["fleetdns://prod/cluster/east"]
+    );
     assert_eq!(::pem::parse_many(&east).unwrap().len(), 2, "leaf then CA");
     let ca = std::fs::read_to_string(out.join("ca.pem")).unwrap();
     assert_eq!(
