@@ -473,7 +473,7 @@ pub fn verify_root<'a>(
     node_id: &str,
     held: impl IntoIterator<Item = (&'a str, &'a str)>,
     unix_now: u64,
-) -> Result<(ClusterId, RootClaim), RootRejection> {
+) -> Result<VerifiedRoot, RootRejection> {
     let cluster = node_cluster(node_id).ok_or(RootRejection::NodeId)?;
     let peer = crate::identity::verify_chain(cert_chain_pem, bundle_pem, fleet, unix_now).map_err(
         |e| match e {
@@ -511,7 +511,78 @@ pub fn verify_root<'a>(
     if held.len() != claim.key_count as usize || digest(held) != claim.digest {
         return Err(RootRejection::Incomplete);
     }
-    Ok((cluster, claim))
+    Ok(VerifiedRoot {
+        cluster,
+        claim,
+        peer,
+    })
+}
+
+/// A root that passed [`verify_root`], with the certified peer that signed it.
+#[derive(Debug, Clone)]
+pub struct VerifiedRoot {
+    pub cluster: ClusterId,
+    pub claim: RootClaim,
+    pub peer: crate::identity::VerifiedPeer,
+}
+
+/// The key of a node's signed liveness stamp.
+pub const ALIVE_KEY: &str = "m:alive";
+
+#[derive(Serialize, Deserialize)]
+struct AliveStamp {
+    node_id: String,
+    time_ms: u64,
+    signature: Vec<u8>,
+}
+
+fn alive_message(node_id: &str, time_ms: u64) -> Vec<u8> {
+    let mut m = b"fleetdns-alive\0".to_vec();
+    m.extend_from_slice(node_id.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&time_ms.to_be_bytes());
+    m
+}
+
+/// Signs a liveness stamp: the `m:alive` value. Unlike chitchat's heartbeats, which any
+/// peer can relay or raise, only the holder of the node's key can make a fresh one.
+pub fn seal_alive(
+    node_id: &str,
+    time_ms: u64,
+    key_pem: &str,
+) -> Result<String, crate::identity::IdentityError> {
+    let signature = crate::identity::sign(key_pem, &alive_message(node_id, time_ms))?;
+    let stamp = AliveStamp {
+        node_id: node_id.to_string(),
+        time_ms,
+        signature,
+    };
+    let mut out = String::from(SCHEMA);
+    URL_SAFE_NO_PAD.encode_string(
+        postcard::to_stdvec(&stamp).expect("encoding plain data into a Vec cannot fail"),
+        &mut out,
+    );
+    Ok(out)
+}
+
+/// The time of a node's stamp, if `peer` (the node's verified certificate) signed it
+/// for this node id; `None` for anything else.
+pub fn open_alive(value: &str, node_id: &str, peer: &crate::identity::VerifiedPeer) -> Option<u64> {
+    if value.len() > MAX_VALUE_BYTES {
+        return None;
+    }
+    let mut chars = value.chars();
+    if !matches!(chars.next(), Some(SCHEMA | SCHEMA_NEXT)) {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(chars.as_str()).ok()?;
+    let stamp: AliveStamp = postcard::from_bytes(&bytes).ok()?;
+    if stamp.node_id != node_id {
+        return None;
+    }
+    peer.verify_signature(&alive_message(node_id, stamp.time_ms), &stamp.signature)
+        .ok()?;
+    Some(stamp.time_ms)
 }
 
 #[cfg(test)]
@@ -702,9 +773,27 @@ mod tests {
         };
 
         let root = seal_root(&claim("east/0"), &east_leaf.key_pem).unwrap();
-        let (cluster, adopted) =
-            verify(&root, &east_leaf.cert_pem, "east/0", held().collect()).unwrap();
-        assert_eq!((cluster, adopted.seq), (east.clone(), 7));
+        let adopted = verify(&root, &east_leaf.cert_pem, "east/0", held().collect()).unwrap();
+        assert_eq!(
+            (adopted.cluster.clone(), adopted.claim.seq),
+            (east.clone(), 7)
+        );
+
+        // Alive stamps: only the node's own key makes one that opens.
+        let stamp = seal_alive("east/0", 123_456, &east_leaf.key_pem).unwrap();
+        assert_eq!(open_alive(&stamp, "east/0", &adopted.peer), Some(123_456));
+        assert_eq!(
+            open_alive(&stamp, "east/1", &adopted.peer),
+            None,
+            "another node id"
+        );
+        let forged = seal_alive("east/0", 999_999, &west_leaf.key_pem).unwrap();
+        assert_eq!(
+            open_alive(&forged, "east/0", &adopted.peer),
+            None,
+            "west's key"
+        );
+        assert_eq!(open_alive("garbage", "east/0", &adopted.peer), None);
 
         // west's key and certificate writing under east/*: never east's.
         let forged = seal_root(&claim("east/0"), &west_leaf.key_pem).unwrap();

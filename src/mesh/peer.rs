@@ -15,8 +15,8 @@ use std::sync::Arc;
 use chitchat::NodeState;
 
 use super::codec::{
-    self, ROOT_KEY, RootClaim, RootRejection, SERVICE_PREFIX, decode_exports, digest,
-    encode_exports, seal_root, verify_root,
+    self, ALIVE_KEY, ROOT_KEY, RootClaim, RootRejection, SERVICE_PREFIX, VerifiedRoot,
+    decode_exports, digest, encode_exports, open_alive, seal_alive, seal_root, verify_root,
 };
 use crate::identity::{FleetName, IdentityError};
 use crate::model::{ClusterId, LocalExports, ServiceKey};
@@ -97,6 +97,18 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Writes a fresh signed `m:alive` stamp; every replica does this each
+    /// `mesh.alive_interval`, publisher or not.
+    pub fn stamp_alive(&self, state: &mut NodeState, unix_ms: u64) -> Result<(), IdentityError> {
+        state.set(
+            ALIVE_KEY,
+            seal_alive(&self.identity.node_id, unix_ms, &self.identity.key_pem)?,
+        );
+        Ok(())
+    }
+}
+
 /// One cluster's adopted export and the root that vouches for it.
 #[derive(Debug, Clone)]
 pub struct Adopted {
@@ -105,12 +117,21 @@ pub struct Adopted {
     pub exports: Arc<LocalExports>,
 }
 
+/// What the observer knows of one node with a verified root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub cluster: ClusterId,
+    /// Wall-clock ms of its last stamp signed by its own certified key.
+    pub alive_ms: Option<u64>,
+}
+
 /// Adopts other clusters' exports from chitchat node states; one per peer.
 #[derive(Debug)]
 pub struct Observer {
     fleet: FleetName,
     bundle: Vec<String>,
     adopted: BTreeMap<ClusterId, Adopted>,
+    replicas: BTreeMap<String, Replica>,
 }
 
 /// What one observation found wrong, per node (bounded reasons).
@@ -126,7 +147,25 @@ impl Observer {
             fleet,
             bundle,
             adopted: BTreeMap::new(),
+            replicas: BTreeMap::new(),
         }
+    }
+
+    /// What the liveness state machine needs of `cluster`'s replicas; `reported_live`
+    /// says whether chitchat's failure detector reports a node live.
+    pub fn replica_observations(
+        &self,
+        cluster: &ClusterId,
+        reported_live: impl Fn(&str) -> bool,
+    ) -> Vec<super::liveness::ReplicaObservation> {
+        self.replicas
+            .iter()
+            .filter(|(_, r)| r.cluster == *cluster)
+            .map(|(node, r)| super::liveness::ReplicaObservation {
+                reported_live: reported_live(node),
+                alive_stamp_ms: r.alive_ms.unwrap_or(0),
+            })
+            .collect()
     }
 
     /// Looks at every node's state and adopts, per cluster, the newest verified root.
@@ -138,13 +177,14 @@ impl Observer {
     ) -> (BTreeSet<ClusterId>, Rejections) {
         let mut rejected = Vec::new();
         let mut best: BTreeMap<ClusterId, Adopted> = BTreeMap::new();
+        let mut present = BTreeSet::new();
         for (node_id, state) in nodes {
             let Some(root) = state.get(ROOT_KEY) else {
                 continue;
             };
             let cert = state.get(CERT_KEY).unwrap_or_default();
             let held = state.key_values();
-            let (cluster, claim) = match verify_root(
+            let verified = match verify_root(
                 root,
                 cert,
                 &self.bundle,
@@ -153,12 +193,33 @@ impl Observer {
                 held,
                 unix_now,
             ) {
-                Ok(adopted) => adopted,
+                Ok(verified) => verified,
                 Err(reason) => {
+                    // A node whose newer root is still arriving keeps what was last
+                    // learned of it, alive stamp included.
                     rejected.push((node_id.to_string(), reason));
+                    present.insert(node_id.to_string());
                     continue;
                 }
             };
+            let VerifiedRoot {
+                cluster,
+                claim,
+                peer,
+            } = verified;
+            // A node is a replica of its cluster only once it has a verified root;
+            // its liveness comes from its own signed stamp, never from heartbeats.
+            let alive_ms = state
+                .get(ALIVE_KEY)
+                .and_then(|v| open_alive(v, node_id, &peer));
+            present.insert(node_id.to_string());
+            self.replicas.insert(
+                node_id.to_string(),
+                Replica {
+                    cluster: cluster.clone(),
+                    alive_ms,
+                },
+            );
             if best
                 .get(&cluster)
                 .is_some_and(|b| order(&b.claim) >= order(&claim))
@@ -175,6 +236,8 @@ impl Observer {
                 },
             );
         }
+        // Nodes chitchat no longer knows are no replicas.
+        self.replicas.retain(|node, _| present.contains(node));
         let mut changed = BTreeSet::new();
         for (cluster, candidate) in best {
             let newer = self
@@ -284,12 +347,17 @@ mod tests {
         east.with_chitchat(|c| publisher.publish(c.self_node_state(), &v1, NOW).unwrap())
             .await;
 
+        east.with_chitchat(|c| publisher.stamp_alive(c.self_node_state(), 42_000).unwrap())
+            .await;
         let mut observer = Observer::new(fleet.clone(), vec![ca.cert_pem.clone()]);
         let east_id = ClusterId::parse("east").unwrap();
         observe_until(&west, &mut observer, |o, _| {
             o.adopted()
                 .get(&east_id)
                 .is_some_and(|a| a.exports.services.len() == 1)
+                && o.replica_observations(&east_id, |_| true)
+                    .iter()
+                    .any(|r| r.alive_stamp_ms == 42_000)
         })
         .await;
 
@@ -332,6 +400,10 @@ mod tests {
         .await;
         let adopted = &observer.adopted()[&east_id];
         assert_eq!(adopted.node_id, "east/0");
+        // The impostor is no replica of east: east's liveness is east/0's stamps alone.
+        let replicas = observer.replica_observations(&east_id, |_| true);
+        assert_eq!(replicas.len(), 1);
+        assert_eq!(replicas[0].alive_stamp_ms, 42_000);
         assert!(
             adopted
                 .exports
