@@ -18,6 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::dns::index::{Readiness, ReplySettings};
 use crate::dns::server::{BoundDns, TcpLimits};
+use crate::mesh::node::SourceView;
 use crate::metrics::Metrics;
 use crate::snapshot::{Engine, SharedSnapshot, Snapshot, SnapshotSettings};
 use crate::source::file::{FileSourceState, spawn_file_source};
@@ -29,6 +30,8 @@ use crate::view::{ClusterInput, ClusterState};
 pub struct StartOptions {
     pub clock: Arc<dyn Clock>,
     pub watch: WatchSettings,
+    /// The mesh node id (`<cluster>/<replica>`); default `<cluster>/0`.
+    pub node_id: Option<String>,
 }
 
 impl Default for StartOptions {
@@ -36,6 +39,7 @@ impl Default for StartOptions {
         Self {
             clock: Arc::new(SystemClock),
             watch: WatchSettings::default(),
+            node_id: None,
         }
     }
 }
@@ -116,11 +120,40 @@ impl App {
             None => None,
         };
 
-        let source = spawn_file_source(
+        let files = spawn_file_source(
             config.source.files(&config.cluster),
             options.watch.clone(),
             cancel.child_token(),
         );
+        let source = match &config.mesh {
+            None => spawn_static_view(files, cancel.child_token()),
+            Some(mesh) => {
+                let node_id = options
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/0", config.cluster));
+                if crate::mesh::codec::node_cluster(&node_id).as_ref() != Some(&config.cluster) {
+                    anyhow::bail!("--node-id {node_id:?} must be {}/<replica>", config.cluster);
+                }
+                let params = crate::mesh::node::MeshParams {
+                    config: mesh.clone(),
+                    fleet: crate::identity::FleetName::parse(&config.fleet)?,
+                    cluster: config.cluster.clone(),
+                    node_id,
+                };
+                let (view, task) = crate::mesh::node::start(
+                    params,
+                    files,
+                    options.clock.clone(),
+                    cancel.child_token(),
+                )
+                .await?;
+                tasks.spawn(async move {
+                    let _ = task.await;
+                });
+                view
+            }
+        };
         tasks.spawn(publish_loop(
             source,
             engine,
@@ -195,8 +228,47 @@ impl Drop for App {
     }
 }
 
+/// A static fleet: every services file is a live cluster.
+fn spawn_static_view(
+    mut files: watch::Receiver<FileSourceState>,
+    cancel: CancellationToken,
+) -> watch::Receiver<SourceView> {
+    let (tx, rx) = watch::channel(SourceView::default());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = files.changed() => if changed.is_err() { return },
+            }
+            let state = files.borrow_and_update().clone();
+            let inputs = state
+                .loaded
+                .into_iter()
+                .map(|(id, exports)| {
+                    let input = ClusterInput {
+                        exports,
+                        state: ClusterState::Live,
+                    };
+                    (id, input)
+                })
+                .collect();
+            let waiting_for: Vec<String> = state
+                .pending
+                .iter()
+                .map(|(cluster, why)| format!("services file of cluster {cluster}: {why}"))
+                .collect();
+            tx.send_replace(SourceView {
+                inputs,
+                ready: waiting_for.is_empty(),
+                waiting_for,
+            });
+        }
+    });
+    rx
+}
+
 async fn publish_loop(
-    mut source: watch::Receiver<FileSourceState>,
+    mut source: watch::Receiver<SourceView>,
     mut engine: Engine,
     snapshot: SharedSnapshot,
     generation: watch::Sender<u64>,
@@ -210,30 +282,9 @@ async fn publish_loop(
             _ = cancel.cancelled() => return,
             changed = source.changed() => if changed.is_err() { return },
         }
-        let state = source.borrow_and_update().clone();
-        let inputs: BTreeMap<_, _> = state
-            .loaded
-            .into_iter()
-            .map(|(id, exports)| {
-                (
-                    id,
-                    ClusterInput {
-                        exports,
-                        state: ClusterState::Live,
-                    },
-                )
-            })
-            .collect();
-        let (readiness, waiting_for) = if state.pending.is_empty() {
-            (Readiness::Ready, Vec::new())
-        } else {
-            let waiting = state
-                .pending
-                .iter()
-                .map(|(cluster, why)| format!("services file of cluster {cluster}: {why}"))
-                .collect();
-            (Readiness::NotReady, waiting)
-        };
+        let view = source.borrow_and_update().clone();
+        let readiness = view.readiness();
+        let (inputs, waiting_for) = (view.inputs, view.waiting_for);
         let now = clock.unix_seconds();
         // A first build of a large fleet takes seconds: keep it off the runtime's
         // workers, which also serve TCP and the ops listener.

@@ -160,6 +160,54 @@ pub struct Config {
     pub dns: DnsConfig,
     pub ops_listen: Option<SocketAddr>,
     pub source: SourceConfig,
+    /// The peer mesh; `None` for a static fleet.
+    pub mesh: Option<MeshConfig>,
+}
+
+/// The mesh (DESIGN.md §4): where this peer gossips, with whom, and its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    pub listen: SocketAddr,
+    /// The address other peers reach this one at.
+    pub advertise: SocketAddr,
+    pub seeds: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust_bundle: Vec<PathBuf>,
+    pub gossip_interval: Duration,
+    pub alive_interval: Duration,
+    pub clock_skew: Duration,
+    pub max_stale: Duration,
+    pub rejoin_after: Duration,
+    pub bootstrap_timeout: Duration,
+}
+
+/// chitchat forgets a dead node after this; `max_stale` must stay well below it.
+pub const DEAD_NODE_GRACE_PERIOD: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMesh {
+    listen: String,
+    #[serde(default)]
+    advertise: Option<String>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    cert: String,
+    key: String,
+    trust_bundle: Vec<String>,
+    #[serde(default)]
+    gossip_interval: Option<String>,
+    #[serde(default)]
+    alive_interval: Option<String>,
+    #[serde(default)]
+    clock_skew: Option<String>,
+    #[serde(default)]
+    max_stale: Option<String>,
+    #[serde(default)]
+    rejoin_after: Option<String>,
+    #[serde(default)]
+    bootstrap_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +226,8 @@ struct RawConfig {
     #[serde(default)]
     ops: Option<RawOps>,
     source: RawSource,
+    #[serde(default)]
+    mesh: Option<RawMesh>,
 }
 
 fn default_zone() -> String {
@@ -354,6 +404,16 @@ impl Config {
             }
         };
 
+        let mesh = raw
+            .mesh
+            .map(|m| parse_mesh(m, &resolve, &invalid))
+            .transpose()?;
+        if mesh.is_some() && !matches!(source, SourceConfig::File(_)) {
+            return Err(invalid(
+                "source",
+                "a mesh peer serves its own cluster: use source.file, not source.files".into(),
+            ));
+        }
         Ok(Self {
             fleet: raw.fleet,
             cluster,
@@ -363,8 +423,89 @@ impl Config {
             dns,
             ops_listen,
             source,
+            mesh,
         })
     }
+}
+
+fn parse_mesh(
+    raw: RawMesh,
+    resolve: &impl Fn(&str) -> PathBuf,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<MeshConfig, ConfigError> {
+    let addr = |key: &str, s: &str| {
+        s.parse::<SocketAddr>()
+            .map_err(|_| invalid(key, format!("{s:?} is not HOST:PORT")))
+    };
+    let listen = addr("mesh.listen", &raw.listen)?;
+    let advertise = match &raw.advertise {
+        Some(a) => addr("mesh.advertise", a)?,
+        None if listen.ip().is_unspecified() => {
+            return Err(invalid(
+                "mesh.advertise",
+                "is required when mesh.listen is a wildcard address".into(),
+            ));
+        }
+        None => listen,
+    };
+    if raw.trust_bundle.is_empty() {
+        return Err(invalid(
+            "mesh.trust_bundle",
+            "must name at least one CA certificate file".into(),
+        ));
+    }
+    let duration = |key: &str, v: &Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s).map_err(|e| invalid(key, e)),
+    };
+    let mesh = MeshConfig {
+        listen,
+        advertise,
+        seeds: raw.seeds,
+        cert: resolve(&raw.cert),
+        key: resolve(&raw.key),
+        trust_bundle: raw.trust_bundle.iter().map(|p| resolve(p)).collect(),
+        gossip_interval: duration(
+            "mesh.gossip_interval",
+            &raw.gossip_interval,
+            Duration::from_secs(1),
+        )?,
+        alive_interval: duration(
+            "mesh.alive_interval",
+            &raw.alive_interval,
+            Duration::from_secs(10),
+        )?,
+        clock_skew: duration("mesh.clock_skew", &raw.clock_skew, Duration::from_secs(5))?,
+        max_stale: duration("mesh.max_stale", &raw.max_stale, Duration::from_secs(60))?,
+        rejoin_after: duration(
+            "mesh.rejoin_after",
+            &raw.rejoin_after,
+            Duration::from_secs(10),
+        )?,
+        bootstrap_timeout: duration(
+            "mesh.bootstrap_timeout",
+            &raw.bootstrap_timeout,
+            Duration::from_secs(15),
+        )?,
+    };
+    if mesh.gossip_interval.is_zero() || mesh.alive_interval.is_zero() {
+        return Err(invalid(
+            "mesh.gossip_interval",
+            "gossip_interval and alive_interval must be above 0s".into(),
+        ));
+    }
+    if mesh.max_stale < mesh.alive_interval * 2 || mesh.max_stale >= DEAD_NODE_GRACE_PERIOD / 2 {
+        return Err(invalid(
+            "mesh.max_stale",
+            format!(
+                "{:?} must be at least 2 x alive_interval ({:?}) and below {:?}",
+                mesh.max_stale,
+                mesh.alive_interval * 2,
+                DEAD_NODE_GRACE_PERIOD / 2
+            ),
+        ));
+    }
+    Ok(mesh)
 }
 
 /// The most UDP worker threads per address `dns.udp_workers` accepts.
@@ -543,6 +684,53 @@ mod tests {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(needle), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn mesh_settings_are_checked() {
+        let base = "fleet: f\ncluster: east\nsource: {file: s}\n";
+        let mesh =
+            "mesh: {listen: \"127.0.0.1:7950\", cert: e.pem, key: e.key, trust_bundle: [ca.pem]";
+        let c = parse(&format!("{base}{mesh}}}\n")).unwrap();
+        let m = c.mesh.unwrap();
+        assert_eq!(m.advertise, "127.0.0.1:7950".parse().unwrap());
+        assert_eq!(m.max_stale, Duration::from_secs(60));
+        assert_eq!(m.cert, PathBuf::from("/etc/fleetdns/e.pem"));
+        for (extra, needle) in [
+            (", max_stale: 5s", "mesh.max_stale"),
+            (", max_stale: 1h", "mesh.max_stale"),
+            (", gossip_interval: 0s", "mesh.gossip_interval"),
+            (", trust_bundle: []", "mesh.trust_bundle"),
+        ] {
+            let text = format!(
+                "{base}{}{extra}}}\n",
+                mesh.replace(
+                    ", trust_bundle: [ca.pem]",
+                    if extra.contains("trust_bundle") {
+                        ""
+                    } else {
+                        ", trust_bundle: [ca.pem]"
+                    }
+                )
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+        let wild =
+            "mesh: {listen: \"0.0.0.0:7950\", cert: e.pem, key: e.key, trust_bundle: [ca.pem]}\n";
+        assert!(
+            parse(&format!("{base}{wild}"))
+                .unwrap_err()
+                .to_string()
+                .contains("mesh.advertise")
+        );
+        let files = "fleet: f\ncluster: east\nsource: {files: {east: a}}\n";
+        assert!(
+            parse(&format!("{files}{mesh}}}\n"))
+                .unwrap_err()
+                .to_string()
+                .contains("source.file")
+        );
     }
 
     #[test]

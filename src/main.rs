@@ -63,6 +63,9 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// This replica's mesh node id, `<cluster>/<replica>` (default `<cluster>/0`).
+        #[arg(long)]
+        node_id: Option<String>,
     },
     /// Validate a config and its services files, then exit.
     Check {
@@ -156,9 +159,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             drop(files);
             result
         }
-        Command::Run { config } => {
+        Command::Run { config, node_id } => {
             let config = Config::load(&config)?;
-            let app = App::start(config, StartOptions::default()).await?;
+            let options = StartOptions {
+                node_id,
+                ..StartOptions::default()
+            };
+            let app = App::start(config, options).await?;
             serve_until_signal(app).await
         }
         Command::Check { config } => {

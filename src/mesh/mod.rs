@@ -8,5 +8,6 @@
 pub mod codec;
 pub mod frame;
 pub mod liveness;
+pub mod node;
 pub mod peer;
 pub mod transport;

@@ -1,0 +1,204 @@
+//! Three peers in one process, each exporting its own services file over a real mesh
+//! (chitchat over the stream transport on loopback, signed roots), answering real DNS:
+//! every cluster sees the others, edits propagate, and a stopped cluster goes stale,
+//! then withdrawn.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use fleetdns::app::{App, StartOptions};
+use fleetdns::clock::{Clock, SystemClock};
+use fleetdns::config::Config;
+use fleetdns::dns::index::Readiness;
+use fleetdns::identity::{FleetName, issue_leaf, new_ca};
+use fleetdns::model::ClusterId;
+use fleetdns::source::watch::WatchSettings;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+
+const CLUSTERS: [&str; 3] = ["east", "west", "central"];
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn services(cluster: &str, ip: &str) -> String {
+    format!(
+        "services:\n  - {{name: web, namespace: default, ports: [{{name: http, port: 80}}], ingress: [{ip}], endpoints: [{{address: 10.0.0.1}}]}}\n  - {{name: only-{cluster}, namespace: default, ingress: [{ip}], endpoints: [{{address: 10.0.0.2}}]}}\n"
+    )
+}
+
+/// Writes credentials, services files and configs for the three peers; returns the
+/// config paths.
+fn write_fleet(dir: &Path, mesh: &[SocketAddr; 3]) -> Vec<std::path::PathBuf> {
+    let fleet = FleetName::parse("test").unwrap();
+    let now = SystemClock.unix_seconds();
+    let ca = new_ca(&fleet, now, 30).unwrap();
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    let mut paths = Vec::new();
+    for (i, cluster) in CLUSTERS.iter().enumerate() {
+        let leaf = issue_leaf(&ca, &fleet, &ClusterId::parse(cluster).unwrap(), now, 30).unwrap();
+        std::fs::write(dir.join(format!("{cluster}.pem")), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{cluster}.key")), &leaf.key_pem).unwrap();
+        std::fs::write(
+            dir.join(format!("{cluster}.yaml")),
+            services(cluster, &format!("192.0.2.{}", i + 1)),
+        )
+        .unwrap();
+        let seeds: Vec<String> = mesh
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, a)| format!("\"{a}\""))
+            .collect();
+        let config = format!(
+            "fleet: test\ncluster: {cluster}\ndns: {{listen: [\"127.0.0.1:0\"], advertise: 127.0.0.1}}\nsource: {{file: {cluster}.yaml}}\nmesh:\n  listen: \"{listen}\"\n  seeds: [{seeds}]\n  cert: {cluster}.pem\n  key: {cluster}.key\n  trust_bundle: [ca.pem]\n  gossip_interval: 100ms\n  alive_interval: 200ms\n  clock_skew: 0s\n  max_stale: 2s\n  rejoin_after: 1s\n  bootstrap_timeout: 1s\n",
+            listen = mesh[i],
+            seeds = seeds.join(", "),
+        );
+        let path = dir.join(format!("{cluster}-fleet.yaml"));
+        std::fs::write(&path, config).unwrap();
+        paths.push(path);
+    }
+    paths
+}
+
+async fn start(path: &Path) -> App {
+    let options = StartOptions {
+        watch: WatchSettings {
+            debounce: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(500),
+            use_notify: true,
+        },
+        ..StartOptions::default()
+    };
+    let app = App::start(Config::load(path).unwrap(), options)
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, app.wait_for(|s| s.readiness == Readiness::Ready))
+        .await
+        .expect("peer ready");
+    app
+}
+
+/// Queries until `ok` holds for the reply (with EDNS, so EDE is visible).
+async fn wait_reply(
+    dns: SocketAddr,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&Message) -> bool,
+) -> Message {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let m = udp(dns, &Q::new(name, RecordType::A).edns(1232)).await;
+            if ok(&m) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name}: never {what}"))
+}
+
+fn ede(m: &Message) -> Option<u16> {
+    let edns = m.edns.as_ref()?;
+    edns.options().as_ref().iter().find_map(|(code, opt)| {
+        (u16::from(*code) == 15).then(|| match opt {
+            hickory_proto::rr::rdata::opt::EdnsOption::Unknown(_, data) if data.len() >= 2 => {
+                u16::from_be_bytes([data[0], data[1]])
+            }
+            _ => 0,
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_three_peers_share_their_exports_and_a_stopped_one_is_withdrawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = [free_addr(), free_addr(), free_addr()];
+    let paths = write_fleet(dir.path(), &mesh);
+    let east = start(&paths[0]).await;
+    let west = start(&paths[1]).await;
+    let central = start(&paths[2]).await;
+    let (east_dns, west_dns) = (east.dns_addrs[0], west.dns_addrs[0]);
+
+    // Each peer sees the others' exports, per cluster and merged.
+    wait_reply(
+        west_dns,
+        "only-east.default.east.fleet.",
+        "answered east's export",
+        |m| answers(m) == vec!["192.0.2.1"],
+    )
+    .await;
+    wait_reply(
+        east_dns,
+        "only-central.default.svc.fleet.",
+        "answered central's export",
+        |m| answers(m) == vec!["192.0.2.3"],
+    )
+    .await;
+    // local-preferred: every peer answers its own cluster for the shared service.
+    let m = udp(west_dns, &Q::new("web.default.svc.fleet.", RecordType::A)).await;
+    assert_eq!(answers(&m), vec!["192.0.2.2"]);
+
+    // An edit on east reaches west.
+    replace_file(
+        &dir.path().join("east.yaml"),
+        &services("east", "192.0.2.99"),
+    );
+    wait_reply(
+        west_dns,
+        "only-east.default.east.fleet.",
+        "saw east's edit",
+        |m| answers(m) == vec!["192.0.2.99"],
+    )
+    .await;
+
+    // Stop central: its names go stale (EDE 3), then withdrawn (SERVFAIL, EDE 22).
+    central.shutdown().await;
+    wait_reply(
+        west_dns,
+        "only-central.default.central.fleet.",
+        "answered stale",
+        |m| ede(m) == Some(3),
+    )
+    .await;
+    let m = wait_reply(
+        west_dns,
+        "only-central.default.central.fleet.",
+        "was withdrawn",
+        |m| m.metadata.response_code == ResponseCode::ServFail,
+    )
+    .await;
+    assert_eq!(ede(&m), Some(22));
+    let m = udp(
+        west_dns,
+        &Q::new("nope.default.central.fleet.", RecordType::A).edns(1232),
+    )
+    .await;
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::ServFail,
+        "never NXDOMAIN"
+    );
+
+    // Restarted (a new generation), it returns after rejoin_after.
+    let central = start(&paths[2]).await;
+    wait_reply(
+        west_dns,
+        "only-central.default.central.fleet.",
+        "saw central return",
+        |m| answers(m) == vec!["192.0.2.3"] && ede(m).is_none(),
+    )
+    .await;
+
+    for app in [east, west, central] {
+        app.shutdown().await;
+    }
+}
