@@ -1,8 +1,9 @@
-//! `fleetdns demo`: the embedded default fleet.
+//! `fleetdns demo`: the embedded default fleet as three real mesh peers.
 //!
-//! This module owns where the demo's files come from: `config/demo/` under the current
-//! directory when it exists (so edits to those files show up live), else the copies
-//! embedded in the binary, written to a temporary directory.
+//! This module owns the demo's setup: the services files come from `config/demo/`
+//! under the current directory when it exists (so edits to those files show up live),
+//! else from the copies embedded in the binary; the fleet CA, each peer's certificate
+//! and each peer's config are made fresh in a temporary directory.
 
 use std::path::{Path, PathBuf};
 
@@ -14,39 +15,71 @@ pub const FILES: [(&str, &str); 4] = [
     ("central.yaml", include_str!("../config/demo/central.yaml")),
 ];
 
-/// The demo's config file; a temporary copy of the embedded files is removed on drop.
+/// The three demo peers: (cluster, DNS port, ops port, mesh port).
+pub const PEERS: [(&str, u16, u16, u16); 3] = [
+    ("east", 8853, 9153, 7950),
+    ("west", 8854, 9154, 7951),
+    ("central", 8855, 9155, 7952),
+];
+
+/// The demo's working files: a temporary directory (credentials, peer configs, and the
+/// services files when `config/demo/` is not here), removed on drop.
 #[derive(Debug)]
 pub struct DemoFiles {
-    pub config: PathBuf,
-    temp_dir: Option<PathBuf>,
+    /// Where the services files are (edit them: answers follow).
+    pub services_dir: PathBuf,
+    /// One config per peer, in [`PEERS`] order.
+    pub configs: Vec<PathBuf>,
+    work_dir: PathBuf,
 }
 
 impl Drop for DemoFiles {
     fn drop(&mut self) {
-        if let Some(dir) = &self.temp_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = std::fs::remove_dir_all(&self.work_dir);
     }
 }
 
-/// The demo config file to run: `config/demo/fleet.yaml` if present, else the embedded
-/// copy materialized under the system's temporary directory.
-pub fn files() -> std::io::Result<DemoFiles> {
-    let local = Path::new("config/demo/fleet.yaml");
-    if local.is_file() {
-        return Ok(DemoFiles {
-            config: local.to_path_buf(),
-            temp_dir: None,
-        });
-    }
-    let dir = std::env::temp_dir().join(format!("fleetdns-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let files = DemoFiles {
-        config: dir.join("fleet.yaml"),
-        temp_dir: Some(dir.clone()),
+/// Writes the demo's fleet CA, each peer's certificate and config. Services files come
+/// from `config/demo/` when it exists, else from the copies embedded in the binary.
+pub fn files(unix_now: u64) -> anyhow::Result<DemoFiles> {
+    use crate::identity::{FleetName, issue_leaf, new_ca};
+    let work_dir = std::env::temp_dir().join(format!("fleetdns-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir)?;
+    let local = Path::new("config/demo");
+    let services_dir = if local.join("east.yaml").is_file() {
+        std::fs::canonicalize(local)?
+    } else {
+        for (name, text) in FILES {
+            std::fs::write(work_dir.join(name), text)?;
+        }
+        work_dir.clone()
     };
-    for (name, text) in FILES {
-        std::fs::write(dir.join(name), text)?;
+    let mut files = DemoFiles {
+        services_dir,
+        configs: Vec::new(),
+        work_dir: work_dir.clone(),
+    };
+    let fleet = FleetName::parse("demo")?;
+    let ca = new_ca(&fleet, unix_now, 30)?;
+    std::fs::write(work_dir.join("ca.pem"), &ca.cert_pem)?;
+    for (cluster, dns, ops, mesh) in PEERS {
+        let id = crate::model::ClusterId::parse(cluster)?;
+        let leaf = issue_leaf(&ca, &fleet, &id, unix_now, 30)?;
+        std::fs::write(work_dir.join(format!("{cluster}.pem")), &leaf.cert_pem)?;
+        std::fs::write(work_dir.join(format!("{cluster}.key")), &leaf.key_pem)?;
+        let seeds: Vec<String> = PEERS
+            .iter()
+            .filter(|p| p.0 != cluster)
+            .map(|p| format!("\"127.0.0.1:{}\"", p.3))
+            .collect();
+        let config = format!(
+            "fleet: demo\ncluster: {cluster}\nzone: fleet.\ndns: {{listen: [\"127.0.0.1:{dns}\"], advertise: 127.0.0.1}}\nops: {{listen: \"127.0.0.1:{ops}\"}}\nsource: {{file: \"{services}\"}}\nmesh:\n  listen: \"127.0.0.1:{mesh}\"\n  seeds: [{seeds}]\n  cert: {cluster}.pem\n  key: {cluster}.key\n  trust_bundle: [ca.pem]\n  gossip_interval: 200ms\n  alive_interval: 1s\n  max_stale: 10s\n  rejoin_after: 2s\n  bootstrap_timeout: 3s\n",
+            services = files.services_dir.join(format!("{cluster}.yaml")).display(),
+            seeds = seeds.join(", "),
+        );
+        let path = work_dir.join(format!("{cluster}-fleet.yaml"));
+        std::fs::write(&path, config)?;
+        files.configs.push(path);
     }
     Ok(files)
 }

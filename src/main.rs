@@ -138,26 +138,48 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo => {
-            let files = fleetdns::demo::files().context("preparing the demo files")?;
-            let path = files.config.clone();
-            let config = Config::load(&path)?;
-            let app = App::start(config, StartOptions::default()).await?;
-            println!("fleetdns demo: clusters east, west and central, as seen from east");
-            println!(
-                "services files: {} (edit them: answers follow)",
-                path.parent().unwrap_or(&path).display()
-            );
-            if let Some(ops) = app.ops_addr {
-                println!("ops: http://{ops}/metrics  http://{ops}/readyz");
+            use fleetdns::clock::Clock as _;
+            let files = fleetdns::demo::files(fleetdns::clock::SystemClock.unix_seconds())
+                .context("preparing the demo files")?;
+            let mut apps = Vec::new();
+            for path in &files.configs {
+                let config = Config::load(path)?;
+                apps.push(App::start(config, StartOptions::default()).await?);
             }
-            println!("try:");
-            for cmd in fleetdns::demo::try_commands(app.dns_addrs[0]) {
+            // Print once every peer serves the whole fleet (or after a few seconds).
+            let converged = async {
+                for app in &apps {
+                    app.wait_for(|s| {
+                        s.readiness == fleetdns::dns::index::Readiness::Ready
+                            && s.view.clusters.len() == fleetdns::demo::PEERS.len()
+                    })
+                    .await;
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), converged).await;
+            println!("fleetdns demo: clusters east, west and central as three mesh peers");
+            println!(
+                "services files: {} (edit them: answers follow on every peer)",
+                files.services_dir.display()
+            );
+            for ((cluster, _, _, _), app) in fleetdns::demo::PEERS.iter().zip(&apps) {
+                let ops = app
+                    .ops_addr
+                    .map_or_else(String::new, |o| format!(", ops http://{o}/metrics"));
+                println!("peer {cluster}: DNS {}{ops}", app.dns_addrs[0]);
+            }
+            println!("try (east's view; ports 8854 and 8855 are west's and central's):");
+            for cmd in fleetdns::demo::try_commands(apps[0].dns_addrs[0]) {
                 println!("  {cmd}");
             }
             println!("Ctrl-C stops it.");
-            let result = serve_until_signal(app).await;
+            wait_for_signal().await;
+            tracing::info!("stopping");
+            for app in apps {
+                app.shutdown().await;
+            }
             drop(files);
-            result
+            Ok(())
         }
         Command::Run { config, node_id } => {
             let config = Config::load(&config)?;

@@ -209,9 +209,16 @@ impl Observer {
             } = verified;
             // A node is a replica of its cluster only once it has a verified root;
             // its liveness comes from its own signed stamp, never from heartbeats.
-            let alive_ms = state
+            // A verified root is signed proof of life at its origin time too, so a
+            // cluster adopted before its first stamp arrives is not taken for dead.
+            let stamp = state
                 .get(ALIVE_KEY)
                 .and_then(|v| open_alive(v, node_id, &peer));
+            let alive_ms = Some(
+                stamp
+                    .unwrap_or(0)
+                    .max(claim.origin_time.saturating_mul(1000)),
+            );
             present.insert(node_id.to_string());
             self.replicas.insert(
                 node_id.to_string(),
@@ -347,8 +354,12 @@ mod tests {
         east.with_chitchat(|c| publisher.publish(c.self_node_state(), &v1, NOW).unwrap())
             .await;
 
-        east.with_chitchat(|c| publisher.stamp_alive(c.self_node_state(), 42_000).unwrap())
-            .await;
+        east.with_chitchat(|c| {
+            publisher
+                .stamp_alive(c.self_node_state(), (NOW + 5) * 1000)
+                .unwrap()
+        })
+        .await;
         let mut observer = Observer::new(fleet.clone(), vec![ca.cert_pem.clone()]);
         let east_id = ClusterId::parse("east").unwrap();
         observe_until(&west, &mut observer, |o, _| {
@@ -357,7 +368,7 @@ mod tests {
                 .is_some_and(|a| a.exports.services.len() == 1)
                 && o.replica_observations(&east_id, |_| true)
                     .iter()
-                    .any(|r| r.alive_stamp_ms == 42_000)
+                    .any(|r| r.alive_stamp_ms == (NOW + 5) * 1000)
         })
         .await;
 
@@ -403,7 +414,7 @@ mod tests {
         // The impostor is no replica of east: east's liveness is east/0's stamps alone.
         let replicas = observer.replica_observations(&east_id, |_| true);
         assert_eq!(replicas.len(), 1);
-        assert_eq!(replicas[0].alive_stamp_ms, 42_000);
+        assert_eq!(replicas[0].alive_stamp_ms, (NOW + 5) * 1000);
         assert!(
             adopted
                 .exports
