@@ -67,6 +67,12 @@ enum Command {
         #[arg(long)]
         node_id: Option<String>,
     },
+    /// Take this config's cluster out of the fleet: readers drop it at once. Stop the
+    /// cluster's peers first.
+    Leave {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validate a config and its services files, then exit.
     Check {
         #[arg(long)]
@@ -189,6 +195,32 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let app = App::start(config, options).await?;
             serve_until_signal(app).await
+        }
+        Command::Leave { config } => {
+            use fleetdns::clock::SystemClock;
+            let config = Config::load(&config)?;
+            let Some(mesh) = config.mesh.clone() else {
+                anyhow::bail!("leave needs a mesh: the config has no mesh section");
+            };
+            let fleet = fleetdns::identity::FleetName::parse(&config.fleet)?;
+            let peers = fleetdns::mesh::node::leave(
+                mesh,
+                fleet,
+                config.cluster.clone(),
+                std::sync::Arc::new(SystemClock),
+            )
+            .await?;
+            if peers == 0 {
+                anyhow::bail!(
+                    "no mesh peer answered: cluster {} left nobody; run leave again when the mesh is reachable",
+                    config.cluster
+                );
+            }
+            println!(
+                "cluster {} left the fleet ({peers} peers reached)",
+                config.cluster
+            );
+            Ok(())
         }
         Command::Check { config } => {
             let summary = fleetdns::app::check(&config)?;

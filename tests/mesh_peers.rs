@@ -36,6 +36,14 @@ fn services(cluster: &str, ip: &str) -> String {
 /// Writes credentials, services files and configs for the three peers; returns the
 /// config paths.
 fn write_fleet(dir: &Path, mesh: &[SocketAddr; 3]) -> Vec<std::path::PathBuf> {
+    write_fleet_with(dir, mesh, "2s")
+}
+
+fn write_fleet_with(
+    dir: &Path,
+    mesh: &[SocketAddr; 3],
+    max_stale: &str,
+) -> Vec<std::path::PathBuf> {
     let fleet = FleetName::parse("test").unwrap();
     let now = SystemClock.unix_seconds();
     let ca = new_ca(&fleet, now, 30).unwrap();
@@ -57,7 +65,7 @@ fn write_fleet(dir: &Path, mesh: &[SocketAddr; 3]) -> Vec<std::path::PathBuf> {
             .map(|(_, a)| format!("\"{a}\""))
             .collect();
         let config = format!(
-            "fleet: test\ncluster: {cluster}\ndns: {{listen: [\"127.0.0.1:0\"], advertise: 127.0.0.1}}\nsource: {{file: {cluster}.yaml}}\nmesh:\n  listen: \"{listen}\"\n  seeds: [{seeds}]\n  cert: {cluster}.pem\n  key: {cluster}.key\n  trust_bundle: [ca.pem]\n  gossip_interval: 100ms\n  alive_interval: 200ms\n  clock_skew: 0s\n  max_stale: 2s\n  rejoin_after: 1s\n  bootstrap_timeout: 1s\n",
+            "fleet: test\ncluster: {cluster}\ndns: {{listen: [\"127.0.0.1:0\"], advertise: 127.0.0.1}}\nsource: {{file: {cluster}.yaml}}\nmesh:\n  listen: \"{listen}\"\n  seeds: [{seeds}]\n  cert: {cluster}.pem\n  key: {cluster}.key\n  trust_bundle: [ca.pem]\n  gossip_interval: 100ms\n  alive_interval: 200ms\n  clock_skew: 0s\n  max_stale: {max_stale}\n  rejoin_after: 1s\n  bootstrap_timeout: 1s\n",
             listen = mesh[i],
             seeds = seeds.join(", "),
         );
@@ -201,4 +209,45 @@ async fn serial_three_peers_share_their_exports_and_a_stopped_one_is_withdrawn()
     for app in [east, west, central] {
         app.shutdown().await;
     }
+}
+
+/// `leave`: a stopped cluster that leaves is dropped by the others at once (NXDOMAIN),
+/// long before max_stale would have withdrawn it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_a_cluster_that_leaves_is_dropped_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = [free_addr(), free_addr(), free_addr()];
+    let paths = write_fleet_with(dir.path(), &mesh, "60s");
+    let east = start(&paths[0]).await;
+    let west = start(&paths[1]).await;
+    let east_dns = east.dns_addrs[0];
+    wait_reply(
+        east_dns,
+        "only-west.default.west.fleet.",
+        "answered west's export",
+        |m| answers(m) == vec!["192.0.2.2"],
+    )
+    .await;
+
+    west.shutdown().await;
+    let config = Config::load(&paths[1]).unwrap();
+    let peers = fleetdns::mesh::node::leave(
+        config.mesh.clone().unwrap(),
+        FleetName::parse("test").unwrap(),
+        config.cluster.clone(),
+        std::sync::Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    assert_eq!(peers, 1, "east heard it");
+    wait_reply(
+        east_dns,
+        "only-west.default.west.fleet.",
+        "dropped west",
+        |m| m.metadata.response_code == ResponseCode::NXDomain,
+    )
+    .await;
+    let m = udp(east_dns, &Q::new("west.fleet.", RecordType::TXT)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    east.shutdown().await;
 }

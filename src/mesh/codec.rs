@@ -396,6 +396,8 @@ pub struct RootClaim {
     pub origin_time: u64,
     pub key_count: u32,
     pub digest: [u8; 32],
+    /// `fleetdns leave`: the cluster left the fleet; readers drop it at once.
+    pub decommissioned: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -767,6 +769,7 @@ mod tests {
             origin_time: NOW,
             key_count: kvs.len() as u32,
             digest: digest(held()),
+            decommissioned: false,
         };
         let verify = |root: &str, chain: &str, node: &str, held: Vec<(&str, &str)>| {
             verify_root(root, chain, &bundle, &fleet, node, held, NOW + 10)

@@ -278,7 +278,8 @@ fn build_view(
         );
     }
     for (cluster, adopted) in observer.adopted() {
-        if *cluster == params.cluster {
+        // A cluster that left (fleetdns leave) is dropped at once, not aged out.
+        if *cluster == params.cluster || adopted.claim.decommissioned {
             continue;
         }
         let replicas = observer.replica_observations(cluster, |node| live.contains(node));
@@ -310,4 +311,77 @@ fn build_view(
         inputs,
         waiting_for,
     }
+}
+
+/// `fleetdns leave`: joins the mesh as `<cluster>/leave`, publishes a signed
+/// decommissioned root, lets it spread for a few gossip rounds, and leaves. Readers drop
+/// the cluster at once. Run it after stopping the cluster's peers (it binds
+/// `mesh.listen`); a peer started later rejoins with a newer epoch.
+pub async fn leave(
+    config: MeshConfig,
+    fleet: FleetName,
+    cluster: ClusterId,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<usize> {
+    let cert = read(&config.cert)?;
+    let key = read(&config.key)?;
+    let node_id = format!("{cluster}/leave");
+    let generation = clock.unix_millis();
+    let chitchat_config = ChitchatConfig {
+        chitchat_id: ChitchatId::new(node_id.clone(), generation, config.advertise),
+        cluster_id: fleet.as_str().to_string(),
+        gossip_interval: config.gossip_interval,
+        listen_addr: config.listen,
+        seed_nodes: config.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            initial_interval: config.gossip_interval,
+            ..Default::default()
+        },
+        marked_for_deletion_grace_period: DEAD_NODE_GRACE_PERIOD,
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    };
+    let transport = StreamTransport::new(TransportSettings::default());
+    let handle = spawn_chitchat(chitchat_config, Vec::new(), &transport)
+        .await
+        .with_context(|| {
+            format!(
+                "joining the mesh on mesh.listen {} (stop this cluster's peers first)",
+                config.listen
+            )
+        })?;
+    let mut publisher = Publisher::new(
+        PeerIdentity {
+            fleet,
+            node_id: node_id.clone(),
+            cert_chain_pem: cert,
+            key_pem: key,
+        },
+        generation,
+        generation,
+    );
+    let now = clock.unix_seconds();
+    handle
+        .with_chitchat(|c| publisher.decommission(c.self_node_state(), now))
+        .await?;
+    // Wait for live peers, then give the root a few rounds to spread.
+    let deadline = Instant::now() + config.bootstrap_timeout + Duration::from_secs(10);
+    let mut peers = 0;
+    while Instant::now() < deadline {
+        peers = {
+            let chitchat = handle.chitchat();
+            let guard = chitchat.lock().await;
+            guard
+                .live_nodes()
+                .filter(|id| *id.node_id != node_id)
+                .count()
+        };
+        if peers > 0 {
+            tokio::time::sleep(config.gossip_interval * 5).await;
+            break;
+        }
+        tokio::time::sleep(config.gossip_interval).await;
+    }
+    handle.shutdown().await?;
+    Ok(peers)
 }

@@ -91,9 +91,34 @@ impl Publisher {
             origin_time: unix_now,
             key_count: kvs.len() as u32,
             digest: digest(kvs.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            decommissioned: false,
         };
         state.set(ROOT_KEY, seal_root(&claim, &self.identity.key_pem)?);
         Ok(refused)
+    }
+
+    /// `fleetdns leave`: a signed, empty root saying the cluster left the fleet. Its
+    /// epoch must order after every root the cluster's publishers wrote.
+    pub fn decommission(
+        &mut self,
+        state: &mut NodeState,
+        unix_now: u64,
+    ) -> Result<(), IdentityError> {
+        self.seq += 1;
+        let claim = RootClaim {
+            fleet: self.identity.fleet.as_str().to_string(),
+            node_id: self.identity.node_id.clone(),
+            generation: self.generation,
+            epoch: self.epoch,
+            seq: self.seq,
+            origin_time: unix_now,
+            key_count: 0,
+            digest: digest(std::iter::empty()),
+            decommissioned: true,
+        };
+        state.set(CERT_KEY, &self.identity.cert_chain_pem);
+        state.set(ROOT_KEY, seal_root(&claim, &self.identity.key_pem)?);
+        Ok(())
     }
 }
 
