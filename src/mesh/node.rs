@@ -61,6 +61,31 @@ fn read(path: &std::path::Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// chitchat's settings for one node of this fleet (the fleet name is chitchat's
+/// cluster id: nodes of another fleet are refused at the first SYN).
+fn chitchat_config(
+    mesh: &MeshConfig,
+    fleet: &FleetName,
+    node_id: &str,
+    generation: u64,
+) -> ChitchatConfig {
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(node_id.to_string(), generation, mesh.advertise),
+        cluster_id: fleet.as_str().to_string(),
+        gossip_interval: mesh.gossip_interval,
+        listen_addr: mesh.listen,
+        seed_nodes: mesh.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            initial_interval: mesh.gossip_interval,
+            dead_node_grace_period: DEAD_NODE_GRACE_PERIOD,
+            ..Default::default()
+        },
+        marked_for_deletion_grace_period: DEAD_NODE_GRACE_PERIOD,
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    }
+}
+
 /// Joins the mesh and starts the observe loop; the returned receiver carries the
 /// fleet's inputs. The loop ends, leaving the mesh, when `cancel` fires.
 pub async fn start(
@@ -89,21 +114,7 @@ pub async fn start(
         );
     }
     let generation = clock.unix_millis();
-    let chitchat_config = ChitchatConfig {
-        chitchat_id: ChitchatId::new(params.node_id.clone(), generation, mesh.advertise),
-        cluster_id: params.fleet.as_str().to_string(),
-        gossip_interval: mesh.gossip_interval,
-        listen_addr: mesh.listen,
-        seed_nodes: mesh.seeds.clone(),
-        failure_detector_config: FailureDetectorConfig {
-            initial_interval: mesh.gossip_interval,
-            dead_node_grace_period: DEAD_NODE_GRACE_PERIOD,
-            ..Default::default()
-        },
-        marked_for_deletion_grace_period: DEAD_NODE_GRACE_PERIOD,
-        catchup_callback: None,
-        extra_liveness_predicate: None,
-    };
+    let chitchat_config = chitchat_config(mesh, &params.fleet, &params.node_id, generation);
     let transport = StreamTransport::new(TransportSettings::default());
     let handle = spawn_chitchat(chitchat_config, Vec::new(), &transport)
         .await
@@ -327,20 +338,7 @@ pub async fn leave(
     let key = read(&config.key)?;
     let node_id = format!("{cluster}/leave");
     let generation = clock.unix_millis();
-    let chitchat_config = ChitchatConfig {
-        chitchat_id: ChitchatId::new(node_id.clone(), generation, config.advertise),
-        cluster_id: fleet.as_str().to_string(),
-        gossip_interval: config.gossip_interval,
-        listen_addr: config.listen,
-        seed_nodes: config.seeds.clone(),
-        failure_detector_config: FailureDetectorConfig {
-            initial_interval: config.gossip_interval,
-            ..Default::default()
-        },
-        marked_for_deletion_grace_period: DEAD_NODE_GRACE_PERIOD,
-        catchup_callback: None,
-        extra_liveness_predicate: None,
-    };
+    let chitchat_config = chitchat_config(&config, &fleet, &node_id, generation);
     let transport = StreamTransport::new(TransportSettings::default());
     let handle = spawn_chitchat(chitchat_config, Vec::new(), &transport)
         .await

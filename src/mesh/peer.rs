@@ -81,27 +81,18 @@ impl Publisher {
         if state.get(CERT_KEY) != Some(self.identity.cert_chain_pem.as_str()) {
             state.set(CERT_KEY, &self.identity.cert_chain_pem);
         }
-        self.seq += 1;
-        let claim = RootClaim {
-            fleet: self.identity.fleet.as_str().to_string(),
-            node_id: self.identity.node_id.clone(),
-            generation: self.generation,
-            epoch: self.epoch,
-            seq: self.seq,
-            origin_time: unix_now,
-            key_count: kvs.len() as u32,
-            digest: digest(kvs.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-            decommissioned: false,
-        };
-        state.set(ROOT_KEY, seal_root(&claim, &self.identity.key_pem)?);
+        let digest = digest(kvs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.write_root(state, kvs.len() as u32, digest, false, unix_now)?;
         Ok(refused)
     }
 
-    /// `fleetdns leave`: a signed, empty root saying the cluster left the fleet. Its
-    /// epoch must order after every root the cluster's publishers wrote.
-    pub fn decommission(
+    /// Signs and writes the next root; always the last write of a publication.
+    fn write_root(
         &mut self,
         state: &mut NodeState,
+        key_count: u32,
+        digest: [u8; 32],
+        decommissioned: bool,
         unix_now: u64,
     ) -> Result<(), IdentityError> {
         self.seq += 1;
@@ -112,12 +103,23 @@ impl Publisher {
             epoch: self.epoch,
             seq: self.seq,
             origin_time: unix_now,
-            key_count: 0,
-            digest: digest(std::iter::empty()),
-            decommissioned: true,
+            key_count,
+            digest,
+            decommissioned,
         };
-        state.set(CERT_KEY, &self.identity.cert_chain_pem);
         state.set(ROOT_KEY, seal_root(&claim, &self.identity.key_pem)?);
+        Ok(())
+    }
+
+    /// `fleetdns leave`: a signed, empty root saying the cluster left the fleet. Its
+    /// epoch must order after every root the cluster's publishers wrote.
+    pub fn decommission(
+        &mut self,
+        state: &mut NodeState,
+        unix_now: u64,
+    ) -> Result<(), IdentityError> {
+        state.set(CERT_KEY, &self.identity.cert_chain_pem);
+        self.write_root(state, 0, digest(std::iter::empty()), true, unix_now)?;
         Ok(())
     }
 }
