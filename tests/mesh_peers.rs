@@ -10,13 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use fleetdns::app::{App, StartOptions};
+use fleetdns::app::App;
 use fleetdns::clock::{Clock, SystemClock};
 use fleetdns::config::Config;
 use fleetdns::dns::index::Readiness;
 use fleetdns::identity::{FleetName, issue_leaf, new_ca};
 use fleetdns::model::ClusterId;
-use fleetdns::source::watch::WatchSettings;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
@@ -77,15 +76,7 @@ fn write_fleet_with(
 }
 
 async fn start(path: &Path) -> App {
-    let options = StartOptions {
-        watch: WatchSettings {
-            debounce: Duration::from_millis(20),
-            poll_interval: Duration::from_millis(500),
-            use_notify: true,
-        },
-        ..StartOptions::default()
-    };
-    let app = App::start(Config::load(path).unwrap(), options)
+    let app = App::start(Config::load(path).unwrap(), fast_options())
         .await
         .unwrap();
     tokio::time::timeout(TIMEOUT, app.wait_for(|s| s.readiness == Readiness::Ready))

@@ -18,6 +18,18 @@ use tokio::net::{TcpStream, UdpSocket};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Start options for tests: file changes are noticed within tens of milliseconds.
+pub fn fast_options() -> StartOptions {
+    StartOptions {
+        watch: WatchSettings {
+            debounce: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(500),
+            use_notify: true,
+        },
+        ..StartOptions::default()
+    }
+}
+
 /// A running peer and the directory holding its config and services files.
 pub struct TestPeer {
     pub app: App,
@@ -83,15 +95,7 @@ impl TestPeer {
         let config_path = dir.path().join("fleet.yaml");
         std::fs::write(&config_path, &config_text).expect("write config");
         let config = Config::load(&config_path).expect("valid test config");
-        let options = StartOptions {
-            watch: WatchSettings {
-                debounce: Duration::from_millis(20),
-                poll_interval: Duration::from_millis(500),
-                use_notify: true,
-            },
-            ..StartOptions::default()
-        };
-        let app = App::start(config, options).await.expect("start");
+        let app = App::start(config, fast_options()).await.expect("start");
         let dns = app.dns_addrs[0];
         let peer = TestPeer { app, dir, dns };
         if wait_ready {
