@@ -18,6 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::dns::index::{Readiness, ReplySettings};
 use crate::dns::server::{BoundDns, TcpLimits};
+use crate::mesh::metrics::MeshMetrics;
 use crate::mesh::node::SourceView;
 use crate::metrics::Metrics;
 use crate::snapshot::{Engine, SharedSnapshot, Snapshot, SnapshotSettings};
@@ -84,6 +85,10 @@ impl App {
                 ]
             },
         );
+        let mesh_metrics = config
+            .mesh
+            .as_ref()
+            .map(|_| MeshMetrics::register(metrics.registry_mut()));
         let metrics = Arc::new(metrics);
 
         let dns = BoundDns::bind(&config.dns.listen, config.dns.udp_workers).await?;
@@ -145,6 +150,9 @@ impl App {
                     params,
                     files,
                     options.clock.clone(),
+                    mesh_metrics
+                        .clone()
+                        .unwrap_or_else(MeshMetrics::unregistered),
                     cancel.child_token(),
                 )
                 .await?;

@@ -301,7 +301,7 @@ impl DnsCollector {
     }
 }
 
-fn encode_counter(
+pub(crate) fn encode_counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -311,7 +311,7 @@ fn encode_counter(
     ConstCounter::new(value).encode(metric)
 }
 
-fn encode_labelled_counter(
+pub(crate) fn encode_labelled_counter(
     metric: &mut MetricEncoder,
     labels: &[(&str, &str)],
     value: u64,

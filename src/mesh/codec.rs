@@ -392,12 +392,25 @@ pub struct RootClaim {
     pub generation: u64,
     pub epoch: u64,
     pub seq: u64,
-    /// Wall-clock seconds of the change, from the publisher's clock.
-    pub origin_time: u64,
+    /// Wall-clock milliseconds of the change, from the publisher's clock: orders
+    /// roots of one epoch and starts the propagation-latency measurement.
+    pub origin_ms: u64,
     pub key_count: u32,
     pub digest: [u8; 32],
+    pub role: RootRole,
+}
+
+/// What a verified root says about its node's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootRole {
+    /// The node publishes its cluster's exports: readers may adopt them.
+    Publisher,
+    /// A replica that serves and stamps `m:alive` but leaves publishing to a replica
+    /// with a lower node id; it holds no service keys and is never adopted. Its root
+    /// makes it a replica, so the cluster stays live while any replica is.
+    Standby,
     /// `fleetdns leave`: the cluster left the fleet; readers drop it at once.
-    pub decommissioned: bool,
+    Decommissioned,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -426,6 +439,16 @@ pub enum RootRejection {
 }
 
 impl RootRejection {
+    pub const ALL: [Self; 7] = [
+        Self::Decode,
+        Self::NodeId,
+        Self::CertUntrusted,
+        Self::CertClusterMismatch,
+        Self::BadSignature,
+        Self::WrongOrigin,
+        Self::Incomplete,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Decode => "decode",
@@ -766,10 +789,10 @@ mod tests {
             generation: 1,
             epoch: 1,
             seq: 7,
-            origin_time: NOW,
+            origin_ms: NOW * 1000,
             key_count: kvs.len() as u32,
             digest: digest(held()),
-            decommissioned: false,
+            role: RootRole::Publisher,
         };
         let verify = |root: &str, chain: &str, node: &str, held: Vec<(&str, &str)>| {
             verify_root(root, chain, &bundle, &fleet, node, held, NOW + 10)

@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod frame;
 pub mod liveness;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod transport;

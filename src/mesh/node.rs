@@ -6,17 +6,23 @@
 //! adopts other clusters' verified exports, runs the liveness state machine and hands
 //! the result to the snapshot publisher as [`SourceView`]s.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use chitchat::transport::Transport;
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, Serializable,
+    spawn_chitchat,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::codec::{ROOT_KEY, RootRejection, RootRole, node_cluster};
 use super::liveness::{self, LivenessSettings, Tracked};
+use super::metrics::MeshMetrics;
 use super::peer::{Observer, PeerIdentity, Publisher};
 use super::transport::{StreamTransport, TransportSettings};
 use crate::clock::Clock;
@@ -47,6 +53,8 @@ impl SourceView {
 
 /// How often the observe loop looks at chitchat's state.
 const OBSERVE_EVERY: Duration = Duration::from_millis(100);
+/// Longest wait between attempts to restart a stopped gossip task.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Everything a peer needs to join the mesh.
 #[derive(Debug, Clone)]
@@ -57,8 +65,50 @@ pub struct MeshParams {
     pub node_id: String,
 }
 
+/// A peer's own certificate chain and key, and the fleet's trust bundle, as read and
+/// checked at start.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub bundle: Vec<String>,
+}
+
 fn read(path: &std::path::Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+impl Credentials {
+    /// Reads `mesh.cert`, `mesh.key` and `mesh.trust_bundle`, and checks that the
+    /// certificate is one peers will accept for `cluster`: otherwise nobody would
+    /// ever adopt this peer, and that is better said at start.
+    pub fn load(params: &MeshParams, unix_now: u64) -> anyhow::Result<Self> {
+        let mesh = &params.config;
+        let cert_pem = read(&mesh.cert)?;
+        let key_pem = read(&mesh.key)?;
+        let bundle = mesh
+            .trust_bundle
+            .iter()
+            .map(|p| read(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let me = crate::identity::verify_chain(&cert_pem, &bundle, &params.fleet, unix_now)
+            .with_context(|| {
+                format!("checking {} against mesh.trust_bundle", mesh.cert.display())
+            })?;
+        if me.cluster != params.cluster {
+            anyhow::bail!(
+                "{} is a certificate of cluster {}, not of {}",
+                mesh.cert.display(),
+                me.cluster,
+                params.cluster
+            );
+        }
+        Ok(Self {
+            cert_pem,
+            key_pem,
+            bundle,
+        })
+    }
 }
 
 /// chitchat's settings for one node of this fleet (the fleet name is chitchat's
@@ -86,165 +136,333 @@ fn chitchat_config(
     }
 }
 
-/// Joins the mesh and starts the observe loop; the returned receiver carries the
-/// fleet's inputs. The loop ends, leaving the mesh, when `cancel` fires.
+/// Joins the mesh over the stream transport with the credentials named in the
+/// config; see [`spawn`].
 pub async fn start(
     params: MeshParams,
     local: watch::Receiver<FileSourceState>,
     clock: Arc<dyn Clock>,
+    metrics: MeshMetrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<(watch::Receiver<SourceView>, tokio::task::JoinHandle<()>)> {
-    let mesh = &params.config;
-    let cert = read(&mesh.cert)?;
-    let key = read(&mesh.key)?;
-    let bundle = mesh
-        .trust_bundle
-        .iter()
-        .map(|p| read(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    // Our own credentials must be what peers will accept, or nobody adopts us.
-    let me = crate::identity::verify_chain(&cert, &bundle, &params.fleet, clock.unix_seconds())
-        .with_context(|| format!("checking {} against mesh.trust_bundle", mesh.cert.display()))?;
-    if me.cluster != params.cluster {
-        anyhow::bail!(
-            "{} is a certificate of cluster {}, not of {}",
-            mesh.cert.display(),
-            me.cluster,
-            params.cluster
-        );
-    }
-    let generation = clock.unix_millis();
-    let chitchat_config = chitchat_config(mesh, &params.fleet, &params.node_id, generation);
-    let transport = StreamTransport::new(TransportSettings::default());
-    let handle = spawn_chitchat(chitchat_config, Vec::new(), &transport)
-        .await
-        .with_context(|| format!("joining the mesh on mesh.listen {}", mesh.listen))?;
-    let publisher = Publisher::new(
-        PeerIdentity {
-            fleet: params.fleet.clone(),
-            node_id: params.node_id.clone(),
-            cert_chain_pem: cert,
-            key_pem: key,
-        },
-        generation,
-        generation,
-    );
-    let observer = Observer::new(params.fleet.clone(), bundle);
-    let (tx, rx) = watch::channel(SourceView::default());
-    let task = tokio::spawn(observe_loop(
-        params, handle, publisher, observer, local, tx, clock, cancel,
-    ));
-    Ok((rx, task))
+    let credentials = Credentials::load(&params, clock.unix_seconds())?;
+    let transport =
+        StreamTransport::with_stats(TransportSettings::default(), metrics.transport_stats());
+    spawn(
+        params,
+        credentials,
+        Arc::new(transport),
+        local,
+        clock,
+        metrics,
+        cancel,
+    )
+    .await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn observe_loop(
+/// Joins the mesh over `transport` and starts the observe loop; the returned
+/// receiver carries the fleet's inputs. Fails if the first gossip socket cannot be
+/// opened; later failures of the gossip task are restarted with a new generation.
+/// The loop ends, leaving the mesh, when `cancel` fires.
+pub async fn spawn(
     params: MeshParams,
-    handle: ChitchatHandle,
-    mut publisher: Publisher,
-    mut observer: Observer,
-    mut local: watch::Receiver<FileSourceState>,
-    tx: watch::Sender<SourceView>,
+    credentials: Credentials,
+    transport: Arc<dyn Transport>,
+    local: watch::Receiver<FileSourceState>,
     clock: Arc<dyn Clock>,
+    metrics: MeshMetrics,
     cancel: CancellationToken,
-) {
-    let settings = LivenessSettings {
-        alive_interval: params.config.alive_interval,
-        clock_skew: params.config.clock_skew,
-        max_stale: params.config.max_stale,
-        rejoin_after: params.config.rejoin_after,
+) -> anyhow::Result<(watch::Receiver<SourceView>, tokio::task::JoinHandle<()>)> {
+    let generation = clock.unix_millis();
+    let handle = spawn_chitchat(
+        chitchat_config(&params.config, &params.fleet, &params.node_id, generation),
+        Vec::new(),
+        transport.as_ref(),
+    )
+    .await
+    .with_context(|| format!("joining the mesh on mesh.listen {}", params.config.listen))?;
+    let publisher = Publisher::new(identity(&params, &credentials), generation, generation);
+    let observer = Observer::new(params.fleet.clone(), credentials.bundle.clone());
+    let (tx, rx) = watch::channel(SourceView::default());
+    let node = Node {
+        settings: LivenessSettings {
+            alive_interval: params.config.alive_interval,
+            clock_skew: params.config.clock_skew,
+            max_stale: params.config.max_stale,
+            rejoin_after: params.config.rejoin_after,
+        },
+        params,
+        credentials,
+        transport,
+        clock,
+        metrics,
+        handle,
+        generation,
+        publisher,
+        observer,
+        trackers: BTreeMap::new(),
+        started: Instant::now(),
+        was_ready: false,
+        local,
+        tx,
     };
-    let started = Instant::now();
-    let mut trackers: BTreeMap<ClusterId, Tracked> = BTreeMap::new();
-    let mut observe = tokio::time::interval(OBSERVE_EVERY);
-    let mut alive = tokio::time::interval(params.config.alive_interval);
-    let mut was_ready = false;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            changed = local.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let state = local.borrow_and_update().clone();
-                if let Some(exports) = state.loaded.get(&params.cluster).cloned() {
-                    let now = clock.unix_seconds();
-                    let published = handle
-                        .with_chitchat(|c| publisher.publish(c.self_node_state(), &exports, now))
-                        .await;
-                    match published {
-                        Ok(refused) => {
-                            for (key, reason) in refused {
-                                tracing::warn!(service = %key, %reason, "export not gossiped");
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot sign the export root"),
+    Ok((rx, tokio::spawn(node.run(cancel))))
+}
+
+fn identity(params: &MeshParams, credentials: &Credentials) -> PeerIdentity {
+    PeerIdentity {
+        fleet: params.fleet.clone(),
+        node_id: params.node_id.clone(),
+        cert_chain_pem: credentials.cert_pem.clone(),
+        key_pem: credentials.key_pem.clone(),
+    }
+}
+
+/// The running peer: the one owner of its chitchat handle, publisher, observer and
+/// cluster trackers.
+struct Node {
+    params: MeshParams,
+    credentials: Credentials,
+    transport: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    metrics: MeshMetrics,
+    handle: ChitchatHandle,
+    generation: u64,
+    publisher: Publisher,
+    observer: Observer,
+    settings: LivenessSettings,
+    trackers: BTreeMap<ClusterId, Tracked>,
+    started: Instant,
+    was_ready: bool,
+    local: watch::Receiver<FileSourceState>,
+    tx: watch::Sender<SourceView>,
+}
+
+impl Node {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut observe = tokio::time::interval(OBSERVE_EVERY);
+        let mut alive = tokio::time::interval(self.params.config.alive_interval);
+        let mut terminated = Box::pin(self.handle.termination_watcher());
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                changed = self.local.changed() => {
+                    if changed.is_err() {
+                        break;
                     }
+                    self.local.borrow_and_update();
+                    // A new local export: publish it now if this replica publishes.
+                    self.republish_local().await;
                 }
-            }
-            _ = alive.tick() => {
-                let now = clock.unix_millis();
-                let stamped = handle
-                    .with_chitchat(|c| publisher.stamp_alive(c.self_node_state(), now))
-                    .await;
-                if let Err(e) = stamped {
-                    tracing::error!(error = %e, "cannot sign the alive stamp");
+                _ = alive.tick() => self.stamp_alive().await,
+                result = &mut terminated => {
+                    let error = result.err().map(|e| e.to_string());
+                    tracing::error!(error = ?error, generation = self.generation, "the gossip task stopped; restarting it");
+                    if !self.restart(&cancel).await {
+                        break;
+                    }
+                    terminated = Box::pin(self.handle.termination_watcher());
+                    continue;
                 }
+                _ = observe.tick() => {}
             }
-            _ = observe.tick() => {}
+            self.observe().await;
         }
-        let view = {
-            let chitchat = handle.chitchat();
-            let guard = chitchat.lock().await;
-            let live: HashSet<String> = guard
-                .live_nodes()
-                .map(|id| id.node_id.to_string())
-                .collect();
-            let nodes = guard.node_states().iter().map(|(id, s)| (&*id.node_id, s));
-            let (changed, rejected) = observer.observe(nodes, clock.unix_seconds());
-            for (node, reason) in rejected {
-                tracing::debug!(%node, reason = reason.as_str(), "root not adopted");
+        if let Err(e) = self.handle.shutdown().await {
+            tracing::warn!(error = %e, "mesh shutdown");
+        }
+    }
+
+    /// Starts a new gossip task with a new generation: peers replace everything they
+    /// held of the old one (never mixing the two), so this node writes its keys, root
+    /// and stamp again. Retries with backoff until it works or `cancel` fires.
+    async fn restart(&mut self, cancel: &CancellationToken) -> bool {
+        let mut backoff = self.params.config.gossip_interval;
+        loop {
+            // Generations must grow even if the wall clock stepped back.
+            let generation = self.clock.unix_millis().max(self.generation + 1);
+            let config = chitchat_config(
+                &self.params.config,
+                &self.params.fleet,
+                &self.params.node_id,
+                generation,
+            );
+            match spawn_chitchat(config, Vec::new(), self.transport.as_ref()).await {
+                Ok(handle) => {
+                    let old = std::mem::replace(&mut self.handle, handle);
+                    old.abort();
+                    self.generation = generation;
+                    // Keep outranking the roots this node wrote before.
+                    let epoch = self.publisher.epoch().max(generation);
+                    self.publisher = Publisher::new(
+                        identity(&self.params, &self.credentials),
+                        generation,
+                        epoch,
+                    );
+                    self.metrics.gossip_restarted();
+                    self.stamp_alive().await;
+                    tracing::info!(generation, "gossip restarted");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?backoff, "cannot restart the gossip task");
+                    tokio::select! {
+                        () = cancel.cancelled() => return false,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+                }
             }
-            for cluster in changed {
-                tracing::info!(%cluster, "adopted a new export");
-            }
-            let waiting_roots: Vec<String> = guard
-                .node_states()
-                .iter()
-                .filter(|(id, s)| {
-                    s.get(super::codec::ROOT_KEY).is_some()
-                        && super::codec::node_cluster(&id.node_id)
-                            .is_some_and(|c| !observer.adopted().contains_key(&c))
+        }
+    }
+
+    async fn stamp_alive(&mut self) {
+        let now = self.clock.unix_millis();
+        let publisher = &self.publisher;
+        let stamped = self
+            .handle
+            .with_chitchat(|c| publisher.stamp_alive(c.self_node_state(), now))
+            .await;
+        if let Err(e) = stamped {
+            tracing::error!(error = %e, "cannot sign the alive stamp");
+        }
+    }
+
+    async fn republish_local(&mut self) {
+        if self.publisher.role() != Some(RootRole::Publisher) {
+            return;
+        }
+        let chitchat = self.handle.chitchat();
+        let mut guard = chitchat.lock().await;
+        self.write_role(guard.self_node_state(), RootRole::Publisher);
+    }
+
+    /// Writes this node's keys and root for `role`.
+    fn write_role(&mut self, state: &mut NodeState, role: RootRole) {
+        let now = self.clock.unix_millis();
+        let written = match role {
+            RootRole::Publisher => {
+                let Some(exports) = self
+                    .local
+                    .borrow()
+                    .loaded
+                    .get(&self.params.cluster)
+                    .cloned()
+                else {
+                    // Nothing read yet: publish once the services file is loaded.
+                    return;
+                };
+                self.publisher.publish(state, &exports, now).map(|refused| {
+                    for (key, reason) in refused {
+                        tracing::warn!(service = %key, %reason, "export not gossiped");
+                    }
                 })
-                .map(|(id, _)| format!("a verified root of node {}", id.node_id))
-                .collect();
-            let mut waiting_roots = waiting_roots;
-            let met_a_peer = guard
-                .node_states()
-                .keys()
-                .any(|id| *id.node_id != params.node_id);
-            if !met_a_peer && !params.config.seeds.is_empty() {
-                waiting_roots.push("a first exchange with a mesh peer".into());
             }
-            build_view(
-                &params,
-                &mut trackers,
-                &observer,
-                &live,
-                &local.borrow(),
-                &settings,
-                clock.unix_millis(),
-                waiting_roots,
-                started.elapsed(),
-            )
+            RootRole::Standby => self.publisher.stand_by(state, now),
+            RootRole::Decommissioned => self.publisher.decommission(state, now),
         };
+        match written {
+            Ok(()) => self.metrics.set_publishing(role == RootRole::Publisher),
+            Err(e) => tracing::error!(error = %e, "cannot sign the export root"),
+        }
+    }
+
+    /// The publisher rule without Kubernetes (DESIGN.md §4): a replica publishes
+    /// unless a live replica of its cluster with a lower node id has a verified root.
+    /// Whoever publishes outranks every root of the cluster seen so far.
+    fn elect(&mut self, state: &mut NodeState, live: &HashSet<String>, now_ms: u64) {
+        let lifetime =
+            u64::try_from(self.settings.stamp_lifetime().as_millis()).unwrap_or(u64::MAX);
+        let me = self.params.node_id.as_str();
+        let lower = self
+            .observer
+            .replicas_of(&self.params.cluster)
+            .find(|(node, r)| {
+                *node < me && live.contains(*node) && now_ms.saturating_sub(r.alive_ms) < lifetime
+            })
+            .map(|(node, _)| node.to_string());
+        let role = if lower.is_some() {
+            RootRole::Standby
+        } else {
+            RootRole::Publisher
+        };
+        let raised = role == RootRole::Publisher
+            && self
+                .observer
+                .highest_other_epoch(&self.params.cluster, me)
+                .is_some_and(|seen| self.publisher.raise_epoch_above(seen));
+        if self.publisher.role() != Some(role) || raised {
+            if self.publisher.role().is_some() {
+                tracing::info!(role = ?role, lower_replica = ?lower, epoch = self.publisher.epoch(), "publisher role changed");
+            }
+            self.write_role(state, role);
+        }
+    }
+
+    /// One pass: adopt what arrived, elect, run the liveness state machine, update
+    /// the metrics, and hand a new view to the snapshot publisher if it changed.
+    async fn observe(&mut self) {
+        let now_ms = self.clock.unix_millis();
+        let chitchat = self.handle.chitchat();
+        let mut guard = chitchat.lock().await;
+        let live: HashSet<String> = guard
+            .live_nodes()
+            .map(|id| id.node_id.to_string())
+            .collect();
+        self.metrics
+            .set_members(live.len(), guard.dead_nodes().count());
+        self.metrics
+            .set_digest_bytes(digest_len(guard.node_states()));
+        let nodes = guard.node_states().iter().map(|(id, s)| (&*id.node_id, s));
+        let previously: BTreeSet<ClusterId> = self.observer.adopted().keys().cloned().collect();
+        let observation = self.observer.observe(nodes, now_ms);
+        for (node, reason) in &observation.rejected {
+            self.metrics.root_rejected(*reason);
+            if *reason != RootRejection::Incomplete {
+                tracing::warn!(%node, reason = reason.as_str(), "root not adopted");
+            }
+        }
+        for cluster in &observation.adopted {
+            let adopted = &self.observer.adopted()[cluster];
+            if *cluster == self.params.cluster {
+                continue;
+            }
+            let update = previously.contains(cluster);
+            self.metrics.root_adopted(
+                update.then(|| adopted.adopted_ms.saturating_sub(adopted.claim.origin_ms)),
+            );
+            tracing::info!(%cluster, node = %adopted.node_id, epoch = adopted.claim.epoch, seq = adopted.claim.seq, role = ?adopted.claim.role, "adopted a new export");
+        }
+        self.elect(guard.self_node_state(), &live, now_ms);
+        let mut waiting_roots: Vec<String> = guard
+            .node_states()
+            .iter()
+            .filter(|(id, s)| {
+                s.get(ROOT_KEY).is_some()
+                    && node_cluster(&id.node_id).is_some_and(|c| {
+                        c != self.params.cluster && !self.observer.adopted().contains_key(&c)
+                    })
+            })
+            .map(|(id, _)| format!("a verified root of node {}", id.node_id))
+            .collect();
+        let met_a_peer = guard
+            .node_states()
+            .keys()
+            .any(|id| *id.node_id != self.params.node_id);
+        drop(guard);
+        if !met_a_peer && !self.params.config.seeds.is_empty() {
+            waiting_roots.push("a first exchange with a mesh peer".into());
+        }
+        let view = self.build_view(&live, now_ms, waiting_roots);
+        self.metrics
+            .set_clusters(view.inputs.values().map(|input| input.state));
+        // Once ready, a peer never becomes unready because others are unreachable.
         let view = SourceView {
-            // Once ready, a peer never becomes unready because others are unreachable.
-            ready: view.ready || was_ready,
+            ready: view.ready || self.was_ready,
             ..view
         };
-        was_ready = view.ready;
-        tx.send_if_modified(|current| {
+        self.was_ready = view.ready;
+        self.tx.send_if_modified(|current| {
             let same = current.ready == view.ready
                 && current.inputs.len() == view.inputs.len()
                 && current
@@ -260,68 +478,71 @@ async fn observe_loop(
             !same
         });
     }
-    if let Err(e) = handle.shutdown().await {
-        tracing::warn!(error = %e, "mesh shutdown");
+
+    fn build_view(
+        &mut self,
+        live: &HashSet<String>,
+        now_ms: u64,
+        waiting_roots: Vec<String>,
+    ) -> SourceView {
+        let local = self.local.borrow();
+        let mut inputs = BTreeMap::new();
+        // The local cluster comes from the local source, never from gossip.
+        if let Some(exports) = local.loaded.get(&self.params.cluster) {
+            inputs.insert(
+                self.params.cluster.clone(),
+                ClusterInput {
+                    exports: exports.clone(),
+                    state: ClusterState::Live,
+                },
+            );
+        }
+        for (cluster, adopted) in self.observer.adopted() {
+            // A cluster that left (fleetdns leave) is dropped at once, not aged out.
+            if *cluster == self.params.cluster || adopted.claim.role == RootRole::Decommissioned {
+                continue;
+            }
+            let replicas = self
+                .observer
+                .replica_observations(cluster, |node| live.contains(node));
+            let prev = self.trackers.get(cluster).copied().unwrap_or_default();
+            let next = liveness::next(prev, &replicas, now_ms, &self.settings);
+            if next.state != prev.state {
+                tracing::info!(%cluster, state = ?next.state, "cluster state changed");
+            }
+            self.trackers.insert(cluster.clone(), next);
+            inputs.insert(
+                cluster.clone(),
+                ClusterInput {
+                    exports: adopted.exports.clone(),
+                    state: next.state,
+                },
+            );
+        }
+        let mut waiting_for: Vec<String> = local
+            .pending
+            .iter()
+            .map(|(c, why)| format!("services file of cluster {c}: {why}"))
+            .collect();
+        if self.started.elapsed() < self.params.config.bootstrap_timeout {
+            waiting_for.extend(waiting_roots);
+        }
+        SourceView {
+            ready: waiting_for.is_empty(),
+            inputs,
+            waiting_for,
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_view(
-    params: &MeshParams,
-    trackers: &mut BTreeMap<ClusterId, Tracked>,
-    observer: &Observer,
-    live: &HashSet<String>,
-    local: &FileSourceState,
-    settings: &LivenessSettings,
-    now_ms: u64,
-    waiting_roots: Vec<String>,
-    since_start: Duration,
-) -> SourceView {
-    let mut inputs = BTreeMap::new();
-    // The local cluster comes from the local source, never from gossip.
-    if let Some(exports) = local.loaded.get(&params.cluster) {
-        inputs.insert(
-            params.cluster.clone(),
-            ClusterInput {
-                exports: exports.clone(),
-                state: ClusterState::Live,
-            },
-        );
-    }
-    for (cluster, adopted) in observer.adopted() {
-        // A cluster that left (fleetdns leave) is dropped at once, not aged out.
-        if *cluster == params.cluster || adopted.claim.decommissioned {
-            continue;
-        }
-        let replicas = observer.replica_observations(cluster, |node| live.contains(node));
-        let prev = trackers.get(cluster).copied().unwrap_or_default();
-        let next = liveness::next(prev, &replicas, now_ms, settings);
-        if next.state != prev.state {
-            tracing::info!(%cluster, state = ?next.state, "cluster state changed");
-        }
-        trackers.insert(cluster.clone(), next);
-        inputs.insert(
-            cluster.clone(),
-            ClusterInput {
-                exports: adopted.exports.clone(),
-                state: next.state,
-            },
-        );
-    }
-    let mut waiting_for: Vec<String> = local
-        .pending
-        .iter()
-        .map(|(c, why)| format!("services file of cluster {c}: {why}"))
-        .collect();
-    let bootstrapped = since_start >= params.config.bootstrap_timeout;
-    if !bootstrapped {
-        waiting_for.extend(waiting_roots);
-    }
-    SourceView {
-        ready: waiting_for.is_empty(),
-        inputs,
-        waiting_for,
-    }
+/// The size of the digest chitchat sends each round: a count, then per known node
+/// its id and three u64s. 0.11.1 does not compress it, and with the deltas it must fit
+/// one 65,507-byte message, so it bounds the mesh's size.
+fn digest_len(nodes: &BTreeMap<ChitchatId, NodeState>) -> usize {
+    2 + nodes
+        .keys()
+        .map(|id| id.serialized_len() + 3 * 8)
+        .sum::<usize>()
 }
 
 /// `fleetdns leave`: joins the mesh as `<cluster>/leave`, publishes a signed
@@ -334,9 +555,14 @@ pub async fn leave(
     cluster: ClusterId,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<usize> {
-    let cert = read(&config.cert)?;
-    let key = read(&config.key)?;
     let node_id = format!("{cluster}/leave");
+    let params = MeshParams {
+        config: config.clone(),
+        fleet: fleet.clone(),
+        cluster: cluster.clone(),
+        node_id: node_id.clone(),
+    };
+    let credentials = Credentials::load(&params, clock.unix_seconds())?;
     let generation = clock.unix_millis();
     let chitchat_config = chitchat_config(&config, &fleet, &node_id, generation);
     let transport = StreamTransport::new(TransportSettings::default());
@@ -348,17 +574,8 @@ pub async fn leave(
                 config.listen
             )
         })?;
-    let mut publisher = Publisher::new(
-        PeerIdentity {
-            fleet,
-            node_id: node_id.clone(),
-            cert_chain_pem: cert,
-            key_pem: key,
-        },
-        generation,
-        generation,
-    );
-    let now = clock.unix_seconds();
+    let mut publisher = Publisher::new(identity(&params, &credentials), generation, generation);
+    let now = clock.unix_millis();
     handle
         .with_chitchat(|c| publisher.decommission(c.self_node_state(), now))
         .await?;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chitchat::NodeState;
 
 use super::codec::{
-    self, ALIVE_KEY, ROOT_KEY, RootClaim, RootRejection, SERVICE_PREFIX, VerifiedRoot,
+    self, ALIVE_KEY, ROOT_KEY, RootClaim, RootRejection, RootRole, SERVICE_PREFIX, VerifiedRoot,
     decode_exports, digest, encode_exports, open_alive, seal_alive, seal_root, verify_root,
 };
 use crate::identity::{FleetName, IdentityError};
@@ -34,24 +34,47 @@ pub struct PeerIdentity {
     pub key_pem: String,
 }
 
-/// Writes one node's exports; owns its root sequence.
+/// Writes one node's exports; owns its root sequence and its epoch.
 #[derive(Debug)]
 pub struct Publisher {
     identity: PeerIdentity,
     generation: u64,
     epoch: u64,
     seq: u64,
+    role: Option<RootRole>,
 }
 
 impl Publisher {
     /// `generation` is the chitchat generation of this run; `epoch` orders publishers
-    /// across restarts and replicas (a Lease's, or the start time).
+    /// across restarts and replicas (a Lease's, or the start time in ms).
     pub fn new(identity: PeerIdentity, generation: u64, epoch: u64) -> Self {
         Self {
             identity,
             generation,
             epoch,
             seq: 0,
+            role: None,
+        }
+    }
+
+    /// The role of the last root written, if any.
+    pub fn role(&self) -> Option<RootRole> {
+        self.role
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Makes the next root order after a root of this cluster with epoch `seen`: a
+    /// replica taking over must outrank every root readers may have adopted, or they
+    /// would keep the old publisher's version. Returns whether the epoch moved.
+    pub fn raise_epoch_above(&mut self, seen: u64) -> bool {
+        if seen >= self.epoch {
+            self.epoch = seen.saturating_add(1);
+            true
+        } else {
+            false
         }
     }
 
@@ -62,9 +85,54 @@ impl Publisher {
         &mut self,
         state: &mut NodeState,
         exports: &LocalExports,
-        unix_now: u64,
+        unix_ms: u64,
     ) -> Result<Vec<(ServiceKey, codec::Rejection)>, IdentityError> {
         let (kvs, refused) = encode_exports(exports);
+        self.write_keys(state, &kvs);
+        let digest = digest(kvs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.write_root(
+            state,
+            kvs.len() as u32,
+            digest,
+            RootRole::Publisher,
+            unix_ms,
+        )?;
+        Ok(refused)
+    }
+
+    /// Steps back: deletes the service keys and writes a standby root, so this node
+    /// stays a replica (its stamps keep the cluster live) without being adopted.
+    pub fn stand_by(&mut self, state: &mut NodeState, unix_ms: u64) -> Result<(), IdentityError> {
+        self.write_keys(state, &BTreeMap::new());
+        self.write_root(
+            state,
+            0,
+            digest(std::iter::empty()),
+            RootRole::Standby,
+            unix_ms,
+        )
+    }
+
+    /// `fleetdns leave`: a signed, empty root saying the cluster left the fleet. Its
+    /// epoch must order after every root the cluster's publishers wrote.
+    pub fn decommission(
+        &mut self,
+        state: &mut NodeState,
+        unix_ms: u64,
+    ) -> Result<(), IdentityError> {
+        self.write_keys(state, &BTreeMap::new());
+        self.write_root(
+            state,
+            0,
+            digest(std::iter::empty()),
+            RootRole::Decommissioned,
+            unix_ms,
+        )
+    }
+
+    /// Makes the node's service keys exactly `kvs` (unchanged values are not rewritten,
+    /// so they cost no gossip) and its certificate current.
+    fn write_keys(&self, state: &mut NodeState, kvs: &BTreeMap<String, String>) {
         let stale: Vec<String> = state
             .key_values()
             .filter(|(k, _)| k.starts_with(SERVICE_PREFIX) && !kvs.contains_key(*k))
@@ -73,7 +141,7 @@ impl Publisher {
         for key in stale {
             state.delete(&key);
         }
-        for (key, value) in &kvs {
+        for (key, value) in kvs {
             if state.get(key) != Some(value.as_str()) {
                 state.set(key, value);
             }
@@ -81,9 +149,6 @@ impl Publisher {
         if state.get(CERT_KEY) != Some(self.identity.cert_chain_pem.as_str()) {
             state.set(CERT_KEY, &self.identity.cert_chain_pem);
         }
-        let digest = digest(kvs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        self.write_root(state, kvs.len() as u32, digest, false, unix_now)?;
-        Ok(refused)
     }
 
     /// Signs and writes the next root; always the last write of a publication.
@@ -92,8 +157,8 @@ impl Publisher {
         state: &mut NodeState,
         key_count: u32,
         digest: [u8; 32],
-        decommissioned: bool,
-        unix_now: u64,
+        role: RootRole,
+        unix_ms: u64,
     ) -> Result<(), IdentityError> {
         self.seq += 1;
         let claim = RootClaim {
@@ -102,29 +167,16 @@ impl Publisher {
             generation: self.generation,
             epoch: self.epoch,
             seq: self.seq,
-            origin_time: unix_now,
+            origin_ms: unix_ms,
             key_count,
             digest,
-            decommissioned,
+            role,
         };
         state.set(ROOT_KEY, seal_root(&claim, &self.identity.key_pem)?);
+        self.role = Some(role);
         Ok(())
     }
 
-    /// `fleetdns leave`: a signed, empty root saying the cluster left the fleet. Its
-    /// epoch must order after every root the cluster's publishers wrote.
-    pub fn decommission(
-        &mut self,
-        state: &mut NodeState,
-        unix_now: u64,
-    ) -> Result<(), IdentityError> {
-        state.set(CERT_KEY, &self.identity.cert_chain_pem);
-        self.write_root(state, 0, digest(std::iter::empty()), true, unix_now)?;
-        Ok(())
-    }
-}
-
-impl Publisher {
     /// Writes a fresh signed `m:alive` stamp; every replica does this each
     /// `mesh.alive_interval`, publisher or not.
     pub fn stamp_alive(&self, state: &mut NodeState, unix_ms: u64) -> Result<(), IdentityError> {
@@ -142,6 +194,8 @@ pub struct Adopted {
     pub node_id: String,
     pub claim: RootClaim,
     pub exports: Arc<LocalExports>,
+    /// Wall-clock ms when this peer adopted it.
+    pub adopted_ms: u64,
 }
 
 /// What the observer knows of one node with a verified root.
@@ -149,8 +203,27 @@ pub struct Adopted {
 pub struct Replica {
     pub cluster: ClusterId,
     /// Wall-clock ms of its last stamp signed by its own certified key.
-    pub alive_ms: Option<u64>,
+    pub alive_ms: u64,
+    /// Its last verified root.
+    pub epoch: u64,
+    pub role: RootRole,
 }
+
+/// The last verification of one node's state, reused while the state is unchanged:
+/// checking a chain and two signatures for every node every 100 ms would cost more
+/// than everything else the loop does.
+#[derive(Debug)]
+struct Checked {
+    max_version: u64,
+    root: String,
+    cert: String,
+    alive: Option<String>,
+    checked_at: u64,
+    outcome: Result<ClusterId, RootRejection>,
+}
+
+/// How long a verification is reused at most (certificates expire).
+const RECHECK_AFTER_SECS: u64 = 60;
 
 /// Adopts other clusters' exports from chitchat node states; one per peer.
 #[derive(Debug)]
@@ -159,13 +232,23 @@ pub struct Observer {
     bundle: Vec<String>,
     adopted: BTreeMap<ClusterId, Adopted>,
     replicas: BTreeMap<String, Replica>,
+    checked: BTreeMap<String, Checked>,
 }
 
-/// What one observation found wrong, per node (bounded reasons).
+/// What one observation found wrong, per node (bounded reasons). Each root is
+/// reported once, not on every pass that still sees it.
 pub type Rejections = Vec<(String, RootRejection)>;
 
+/// What one observation changed.
+#[derive(Debug, Default)]
+pub struct Observation {
+    /// Clusters whose adopted export changed.
+    pub adopted: BTreeSet<ClusterId>,
+    pub rejected: Rejections,
+}
+
 fn order(claim: &RootClaim) -> (u64, u64, u64) {
-    (claim.epoch, claim.origin_time, claim.seq)
+    (claim.epoch, claim.origin_ms, claim.seq)
 }
 
 impl Observer {
@@ -175,6 +258,7 @@ impl Observer {
             bundle,
             adopted: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            checked: BTreeMap::new(),
         }
     }
 
@@ -185,105 +269,151 @@ impl Observer {
         cluster: &ClusterId,
         reported_live: impl Fn(&str) -> bool,
     ) -> Vec<super::liveness::ReplicaObservation> {
-        self.replicas
-            .iter()
-            .filter(|(_, r)| r.cluster == *cluster)
+        self.replicas_of(cluster)
             .map(|(node, r)| super::liveness::ReplicaObservation {
                 reported_live: reported_live(node),
-                alive_stamp_ms: r.alive_ms.unwrap_or(0),
+                alive_stamp_ms: r.alive_ms,
             })
             .collect()
     }
 
-    /// Looks at every node's state and adopts, per cluster, the newest verified root.
-    /// Returns the clusters whose adopted export changed and the roots rejected.
+    /// Every node with a verified root of `cluster`.
+    pub fn replicas_of<'a>(
+        &'a self,
+        cluster: &'a ClusterId,
+    ) -> impl Iterator<Item = (&'a str, &'a Replica)> + 'a {
+        self.replicas
+            .iter()
+            .filter(move |(_, r)| r.cluster == *cluster)
+            .map(|(node, r)| (node.as_str(), r))
+    }
+
+    /// The highest epoch of any root of `cluster` not written by `node_id`: adopted
+    /// here, or held by another replica now.
+    pub fn highest_other_epoch(&self, cluster: &ClusterId, node_id: &str) -> Option<u64> {
+        let adopted = self
+            .adopted
+            .get(cluster)
+            .filter(|a| a.node_id != node_id)
+            .map(|a| a.claim.epoch);
+        self.replicas_of(cluster)
+            .filter(|(node, _)| *node != node_id)
+            .map(|(_, r)| r.epoch)
+            .chain(adopted)
+            .max()
+    }
+
+    /// Looks at every node's state and adopts, per cluster, the newest verified
+    /// publisher root (or decommissioned root).
     pub fn observe<'a>(
         &mut self,
         nodes: impl IntoIterator<Item = (&'a str, &'a NodeState)>,
-        unix_now: u64,
-    ) -> (BTreeSet<ClusterId>, Rejections) {
-        let mut rejected = Vec::new();
-        let mut best: BTreeMap<ClusterId, Adopted> = BTreeMap::new();
+        unix_ms: u64,
+    ) -> Observation {
+        let unix_now = unix_ms / 1000;
+        let mut observation = Observation::default();
+        let mut best: BTreeMap<ClusterId, (&'a str, &'a NodeState, RootClaim)> = BTreeMap::new();
         let mut present = BTreeSet::new();
         for (node_id, state) in nodes {
             let Some(root) = state.get(ROOT_KEY) else {
                 continue;
             };
+            present.insert(node_id.to_string());
             let cert = state.get(CERT_KEY).unwrap_or_default();
-            let held = state.key_values();
-            let verified = match verify_root(
+            let alive = state.get(ALIVE_KEY);
+            let unchanged = self.checked.get(node_id).is_some_and(|c| {
+                c.max_version == state.max_version()
+                    && c.root == root
+                    && c.cert == cert
+                    && c.alive.as_deref() == alive
+                    && unix_now.saturating_sub(c.checked_at) < RECHECK_AFTER_SECS
+            });
+            if unchanged {
+                continue;
+            }
+            let verified = verify_root(
                 root,
                 cert,
                 &self.bundle,
                 &self.fleet,
                 node_id,
-                held,
+                state.key_values(),
                 unix_now,
-            ) {
-                Ok(verified) => verified,
-                Err(reason) => {
-                    // A node whose newer root is still arriving keeps what was last
-                    // learned of it, alive stamp included.
-                    rejected.push((node_id.to_string(), reason));
-                    present.insert(node_id.to_string());
-                    continue;
-                }
-            };
+            );
+            let previous = self.checked.insert(
+                node_id.to_string(),
+                Checked {
+                    max_version: state.max_version(),
+                    root: root.to_string(),
+                    cert: cert.to_string(),
+                    alive: alive.map(str::to_string),
+                    checked_at: unix_now,
+                    outcome: verified.as_ref().map(|v| v.cluster.clone()).map_err(|e| *e),
+                },
+            );
             let VerifiedRoot {
                 cluster,
                 claim,
                 peer,
-            } = verified;
+            } = match verified {
+                Ok(verified) => verified,
+                Err(reason) => {
+                    // A node whose newer root is still arriving keeps what was last
+                    // learned of it, alive stamp included. Each root is reported once.
+                    let reported =
+                        previous.is_some_and(|p| p.root == root && p.outcome == Err(reason));
+                    if !reported {
+                        observation.rejected.push((node_id.to_string(), reason));
+                    }
+                    continue;
+                }
+            };
             // A node is a replica of its cluster only once it has a verified root;
             // its liveness comes from its own signed stamp, never from heartbeats.
             // A verified root is signed proof of life at its origin time too, so a
             // cluster adopted before its first stamp arrives is not taken for dead.
-            let stamp = state
-                .get(ALIVE_KEY)
-                .and_then(|v| open_alive(v, node_id, &peer));
-            let alive_ms = Some(
-                stamp
-                    .unwrap_or(0)
-                    .max(claim.origin_time.saturating_mul(1000)),
-            );
-            present.insert(node_id.to_string());
+            let stamp = alive.and_then(|v| open_alive(v, node_id, &peer));
             self.replicas.insert(
                 node_id.to_string(),
                 Replica {
                     cluster: cluster.clone(),
-                    alive_ms,
+                    alive_ms: stamp.unwrap_or(0).max(claim.origin_ms),
+                    epoch: claim.epoch,
+                    role: claim.role,
                 },
             );
-            if best
-                .get(&cluster)
-                .is_some_and(|b| order(&b.claim) >= order(&claim))
+            if claim.role == RootRole::Standby
+                || best
+                    .get(&cluster)
+                    .is_some_and(|(_, _, b)| order(b) >= order(&claim))
             {
                 continue;
             }
-            let (exports, _) = decode_exports(&cluster, state.key_values());
-            best.insert(
-                cluster,
-                Adopted {
-                    node_id: node_id.to_string(),
-                    claim,
-                    exports: Arc::new(exports),
-                },
-            );
+            best.insert(cluster, (node_id, state, claim));
         }
         // Nodes chitchat no longer knows are no replicas.
         self.replicas.retain(|node, _| present.contains(node));
-        let mut changed = BTreeSet::new();
-        for (cluster, candidate) in best {
+        self.checked.retain(|node, _| present.contains(node));
+        for (cluster, (node_id, state, claim)) in best {
             let newer = self
                 .adopted
                 .get(&cluster)
-                .is_none_or(|current| order(&candidate.claim) > order(&current.claim));
+                .is_none_or(|current| order(&claim) > order(&current.claim));
             if newer {
-                changed.insert(cluster.clone());
-                self.adopted.insert(cluster, candidate);
+                let (exports, _) = decode_exports(&cluster, state.key_values());
+                observation.adopted.insert(cluster.clone());
+                self.adopted.insert(
+                    cluster,
+                    Adopted {
+                        node_id: node_id.to_string(),
+                        claim,
+                        exports: Arc::new(exports),
+                        adopted_ms: unix_ms,
+                    },
+                );
             }
         }
-        (changed, rejected)
+        observation
     }
 
     /// The adopted export of every cluster seen so far.
@@ -342,7 +472,7 @@ mod tests {
                 let chitchat = handle.chitchat();
                 let guard = chitchat.lock().await;
                 let nodes = guard.node_states().iter().map(|(id, s)| (&*id.node_id, s));
-                observer.observe(nodes, NOW).1
+                observer.observe(nodes, NOW * 1000).rejected
             };
             if done(observer, &rejected) {
                 return;
@@ -378,8 +508,12 @@ mod tests {
             "east",
             "services:\n  - {name: web, namespace: default, ingress: [192.0.2.1]}\n",
         );
-        east.with_chitchat(|c| publisher.publish(c.self_node_state(), &v1, NOW).unwrap())
-            .await;
+        east.with_chitchat(|c| {
+            publisher
+                .publish(c.self_node_state(), &v1, NOW * 1000)
+                .unwrap()
+        })
+        .await;
 
         east.with_chitchat(|c| {
             publisher
@@ -406,7 +540,7 @@ mod tests {
         );
         east.with_chitchat(|c| {
             publisher
-                .publish(c.self_node_state(), &v2, NOW + 1)
+                .publish(c.self_node_state(), &v2, (NOW + 1) * 1000)
                 .unwrap()
         })
         .await;
@@ -430,7 +564,11 @@ mod tests {
             "services:\n  - {name: evil, namespace: default, ingress: [198.51.100.66]}\n",
         );
         impostor
-            .with_chitchat(|c| forger.publish(c.self_node_state(), &evil, NOW + 2).unwrap())
+            .with_chitchat(|c| {
+                forger
+                    .publish(c.self_node_state(), &evil, (NOW + 2) * 1000)
+                    .unwrap()
+            })
             .await;
         observe_until(&west, &mut observer, |_, rejected| {
             rejected.contains(&("east/9".to_string(), RootRejection::CertClusterMismatch))

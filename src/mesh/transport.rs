@@ -140,10 +140,12 @@ pub struct StreamTransport {
 
 impl StreamTransport {
     pub fn new(settings: TransportSettings) -> Self {
-        Self {
-            settings,
-            stats: Arc::default(),
-        }
+        Self::with_stats(settings, Arc::default())
+    }
+
+    /// A transport counting into `stats` (shared with the metrics collector).
+    pub fn with_stats(settings: TransportSettings, stats: Arc<TransportStats>) -> Self {
+        Self { settings, stats }
     }
 
     pub fn stats(&self) -> Arc<TransportStats> {
