@@ -108,6 +108,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -144,6 +146,8 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo => {
+            // Before anything serves: a signal during startup must stop us cleanly.
+            let stop = stop_signal();
             use fleetdns::clock::Clock as _;
             let files = fleetdns::demo::files(fleetdns::clock::SystemClock.unix_seconds())
                 .context("preparing the demo files")?;
@@ -179,7 +183,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("  {cmd}");
             }
             println!("Ctrl-C stops it.");
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("stopping");
             for app in apps {
                 app.shutdown().await;
@@ -188,13 +192,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config, node_id } => {
+            let stop = stop_signal();
             let config = Config::load(&config)?;
             let options = StartOptions {
                 node_id,
                 ..StartOptions::default()
             };
             let app = App::start(config, options).await?;
-            serve_until_signal(app).await
+            serve_until(app, stop).await
         }
         Command::Leave { config } => {
             use fleetdns::clock::SystemClock;
@@ -266,10 +271,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_until_signal(app: App) -> anyhow::Result<()> {
+async fn serve_until(
+    app: App,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let cancel = app.cancel_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        stop.await;
         tracing::info!("stopping");
         cancel.cancel();
     });
@@ -277,24 +285,33 @@ async fn serve_until_signal(app: App) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Listens for Ctrl-C and SIGTERM from the moment it is called (a signal that arrives
+/// before the returned future is polled still counts; before, it would kill the
+/// process with the default action) and resolves on the first of them.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
