@@ -13,7 +13,7 @@
 //! a `recv` error.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +68,8 @@ fn add(counter: &AtomicU64, n: u64) {
 
 /// Errors are logged once per peer per this interval.
 const LOG_INTERVAL: Duration = Duration::from_secs(600);
+/// Peers whose last logged error is remembered.
+const MAX_LOGGED_PEERS: usize = 4096;
 /// Messages received but not yet taken by chitchat.
 const INBOX_LEN: usize = 1024;
 
@@ -107,16 +109,25 @@ struct Shared {
     stats: Arc<TransportStats>,
     settings: TransportSettings,
     cancel: CancellationToken,
-    last_logged: DashMap<IpAddr, Instant>,
+    last_logged: DashMap<SocketAddr, Instant>,
 }
 
 impl Shared {
     /// Logs a connection problem at most once per peer per [`LOG_INTERVAL`].
+    /// Peers sharing an IP (several on one host) are told apart by port; the map is
+    /// bounded so a stream of new connections cannot grow it without limit.
     fn log_once(&self, peer: SocketAddr, what: &str, error: &dyn std::fmt::Display) {
         let now = Instant::now();
+        if self.last_logged.len() >= MAX_LOGGED_PEERS {
+            self.last_logged
+                .retain(|_, at| now.duration_since(*at) <= LOG_INTERVAL);
+            if self.last_logged.len() >= MAX_LOGGED_PEERS {
+                return;
+            }
+        }
         let mut last = self
             .last_logged
-            .entry(peer.ip())
+            .entry(peer)
             .or_insert(now - LOG_INTERVAL - Duration::from_secs(1));
         if now.duration_since(*last) > LOG_INTERVAL {
             *last = now;
