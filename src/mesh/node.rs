@@ -201,6 +201,7 @@ pub async fn spawn(
         publisher,
         observer,
         trackers: BTreeMap::new(),
+        judged: HashSet::new(),
         started: Instant::now(),
         was_ready: false,
         local,
@@ -232,6 +233,8 @@ struct Node {
     observer: Observer,
     settings: LivenessSettings,
     trackers: BTreeMap<ClusterId, Tracked>,
+    /// Node ids chitchat has reported live at least once.
+    judged: HashSet<String>,
     started: Instant,
     was_ready: bool,
     local: watch::Receiver<FileSourceState>,
@@ -405,15 +408,26 @@ impl Node {
         let now_ms = self.clock.unix_millis();
         let chitchat = self.handle.chitchat();
         let mut guard = chitchat.lock().await;
-        let live: HashSet<String> = guard
+        let reported_live: HashSet<String> = guard
             .live_nodes()
             .map(|id| id.node_id.to_string())
             .collect();
         self.metrics
-            .set_members(live.len(), guard.dead_nodes().count());
+            .set_members(reported_live.len(), guard.dead_nodes().count());
+        // chitchat reports a node it just learned of as dead until it has two
+        // heartbeats from it. Until chitchat has once reported a node live, its
+        // signed stamp alone decides, so a newly seen cluster is not served stale.
+        self.judged.extend(reported_live.iter().cloned());
+        let known: HashSet<&str> = guard.node_states().keys().map(|id| &*id.node_id).collect();
+        self.judged.retain(|node| known.contains(node.as_str()));
+        let live: HashSet<String> = known
+            .iter()
+            .filter(|node| reported_live.contains(**node) || !self.judged.contains(**node))
+            .map(|node| node.to_string())
+            .collect();
         self.metrics
             .set_digest_bytes(digest_len(guard.node_states()));
-        let nodes = guard.node_states().iter().map(|(id, s)| (&*id.node_id, s));
+        let nodes = latest_generations(guard.node_states());
         let previously: BTreeSet<ClusterId> = self.observer.adopted().keys().cloned().collect();
         let observation = self.observer.observe(nodes, now_ms);
         for (node, reason) in &observation.rejected {
@@ -533,6 +547,27 @@ impl Node {
             waiting_for,
         }
     }
+}
+
+/// Each node id's state of its newest generation: a restarted node's old generation
+/// lingers in chitchat until it is declared dead and collected, and must not be
+/// mistaken for the current one.
+fn latest_generations(
+    nodes: &BTreeMap<ChitchatId, NodeState>,
+) -> impl Iterator<Item = (&str, &NodeState)> {
+    let mut nodes = nodes.iter().peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let (id, state) = nodes.next()?;
+            // Ids sort by node id, then generation: the last of a run is the newest.
+            let newer_follows = nodes
+                .peek()
+                .is_some_and(|(next, _)| next.node_id == id.node_id);
+            if !newer_follows {
+                return Some((&*id.node_id, state));
+            }
+        }
+    })
 }
 
 /// The size of the digest chitchat sends each round: a count, then per known node

@@ -315,10 +315,14 @@ impl Observer {
         let mut best: BTreeMap<ClusterId, (&'a str, &'a NodeState, RootClaim)> = BTreeMap::new();
         let mut present = BTreeSet::new();
         for (node_id, state) in nodes {
+            // What was learned of a node stays until chitchat forgets the node: a
+            // state without a root (a new generation still arriving, or one forged
+            // by another peer) must not make its cluster look withdrawn before its
+            // last signed stamp says so.
+            present.insert(node_id.to_string());
             let Some(root) = state.get(ROOT_KEY) else {
                 continue;
             };
-            present.insert(node_id.to_string());
             let cert = state.get(CERT_KEY).unwrap_or_default();
             let alive = state.get(ALIVE_KEY);
             let unchanged = self.checked.get(node_id).is_some_and(|c| {
@@ -556,6 +560,30 @@ mod tests {
         })
         .await;
 
+        // A second replica that published with a higher epoch and then stood by is a
+        // replica (its stamps count) but never adopted: its root outranks east/0's,
+        // yet it vouches for no keys.
+        let east1 = node(&transport, "east/1", 10_004, vec!["127.0.0.1:10001".into()]).await;
+        let mut standby = Publisher::new(identity("east/1", &east_creds), 1, 50);
+        east1
+            .with_chitchat(|c| {
+                standby
+                    .publish(c.self_node_state(), &v1, (NOW + 2) * 1000)
+                    .unwrap();
+                standby
+                    .stand_by(c.self_node_state(), (NOW + 3) * 1000)
+                    .unwrap();
+            })
+            .await;
+        observe_until(&west, &mut observer, |o, _| {
+            o.replicas_of(&east_id)
+                .any(|(node, r)| node == "east/1" && r.role == RootRole::Standby)
+        })
+        .await;
+        assert_eq!(observer.adopted()[&east_id].node_id, "east/0");
+        assert_eq!(observer.highest_other_epoch(&east_id, "east/0"), Some(50));
+        east1.shutdown().await.unwrap();
+
         // A node with west's credentials claiming to be east/9 changes nothing.
         let impostor = node(&transport, "east/9", 10_003, vec!["127.0.0.1:10001".into()]).await;
         let mut forger = Publisher::new(identity("east/9", &west_creds), 1, 99);
@@ -576,10 +604,13 @@ mod tests {
         .await;
         let adopted = &observer.adopted()[&east_id];
         assert_eq!(adopted.node_id, "east/0");
-        // The impostor is no replica of east: east's liveness is east/0's stamps alone.
-        let replicas = observer.replica_observations(&east_id, |_| true);
-        assert_eq!(replicas.len(), 1);
-        assert_eq!(replicas[0].alive_stamp_ms, (NOW + 5) * 1000);
+        // The impostor is no replica of east: east's liveness is its replicas' stamps.
+        let replicas: Vec<&str> = observer.replicas_of(&east_id).map(|(n, _)| n).collect();
+        assert_eq!(replicas, ["east/0", "east/1"]);
+        assert_eq!(
+            observer.replicas_of(&east_id).next().unwrap().1.alive_ms,
+            (NOW + 5) * 1000
+        );
         assert!(
             adopted
                 .exports
