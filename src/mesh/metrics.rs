@@ -59,7 +59,7 @@ impl MeshMetrics {
         let metrics = Self::unregistered();
         registry.register(
             "mesh_members",
-            "Mesh members chitchat knows, by failure-detector state (live, dead).",
+            "Mesh members chitchat knows, this peer included, by failure-detector state (live, dead).",
             metrics.members.clone(),
         );
         registry.register(
