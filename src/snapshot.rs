@@ -15,7 +15,7 @@ use crate::config::{Config, NetworkConfig, ZoneName};
 use crate::dns::index::{AnswerIndex, IndexBuilder, Readiness};
 use crate::dns::zone::{GroupId, ZoneParams, build_group};
 use crate::model::{ClusterId, ServiceExport, ServiceKey};
-use crate::view::{ClusterInput, ClusterState, FleetView};
+use crate::view::{ClusterInput, FleetView};
 
 /// One generation of everything served. Never mutated after it is published.
 #[derive(Debug)]
@@ -267,13 +267,12 @@ impl Engine {
         if !delta.clusters.is_empty() {
             self.view.sync_clusters(&self.inputs);
             self.settings.overlay_local_labels(&mut self.view);
-            let withdrawn = self
+            let unavailable = self
                 .view
                 .clusters
                 .values()
-                .filter(|c| c.state == ClusterState::Withdrawn)
-                .map(|c| c.id.as_str());
-            self.index.set_withdrawn(withdrawn);
+                .filter_map(|c| Some((c.id.as_str(), c.state.unavailable_ede()?)));
+            self.index.set_unavailable(unavailable);
         }
         self.view
             .update_keys(&self.settings.network, &self.inputs, &delta.keys);
@@ -303,10 +302,13 @@ impl Engine {
 mod tests {
     use std::net::IpAddr;
 
+    use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
     use proptest::prelude::*;
 
     use super::*;
     use crate::config::ZoneName;
+    use crate::dns::index::{Outcome, ReplySettings, Transport};
     use crate::dns::zone::Zone;
     use crate::model::{
         Endpoint, LocalExports, Namespace, Policy, PortName, Protocol, ServiceName, ServicePort,
@@ -362,7 +364,7 @@ mod tests {
             2 => (0u8..3, 0u8..4, 0u8..2).prop_map(|(cluster, name, ns)| Op::Remove { cluster, name, ns }),
             1 => (0u8..3, 0u8..3).prop_map(|(cluster, value)| Op::Labels { cluster, value }),
             1 => (1u8..3).prop_map(|cluster| Op::DropCluster { cluster }),
-            2 => (1u8..3, 0u8..3).prop_map(|(cluster, state)| Op::State { cluster, state }),
+            2 => (1u8..3, 0u8..4).prop_map(|(cluster, state)| Op::State { cluster, state }),
         ]
     }
 
@@ -451,6 +453,7 @@ mod tests {
                     ClusterState::Live,
                     ClusterState::Unreachable,
                     ClusterState::Withdrawn,
+                    ClusterState::Pending,
                 ][usize::from(state)];
             }
         }
@@ -477,13 +480,71 @@ mod tests {
         }
     }
 
+    /// Asks `snap` one question with EDNS: the outcome, the reply, and its EDE code.
+    fn ask(snap: &Snapshot, name: &str, qtype: RecordType) -> (Outcome, Message, Option<u16>) {
+        let mut m = Message::query();
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        m.set_edns(Edns::new());
+        let mut out = Vec::new();
+        let settings = ReplySettings {
+            max_udp_payload: 1232,
+        };
+        let outcome = snap.index.respond(
+            Readiness::Ready,
+            settings,
+            &m.to_vec().unwrap(),
+            Transport::Udp,
+            &mut out,
+        );
+        // Our OPT is the last record: its EDE option, if any, ends the message.
+        let ede = (out[out.len() - 2..] != [0, 0]).then(|| {
+            let len = out.len();
+            let text_start = (0..len)
+                .rev()
+                .find(|&i| out[i..].starts_with(&[0, 15]))
+                .unwrap();
+            u16::from_be_bytes([out[text_start + 4], out[text_start + 5]])
+        });
+        (outcome, Message::from_vec(&out).unwrap(), ede)
+    }
+
+    #[test]
+    fn a_cluster_with_a_root_not_yet_adopted_answers_servfail_not_ready() {
+        let mut engine = Engine::new(settings());
+        let mut inputs = BTreeMap::new();
+        for op in [
+            Op::Upsert {
+                cluster: 0,
+                name: 1,
+                ns: 0,
+                headless: false,
+                addr: 0,
+                ready: true,
+                ports: 0,
+                all: false,
+            },
+            Op::State {
+                cluster: 1,
+                state: 3,
+            },
+        ] {
+            apply_op(&mut inputs, &op);
+        }
+        let snap = engine.apply(inputs, Readiness::Ready, vec![], 7000);
+        for name in ["s1.n0.c1.fleet.", "nope.n0.c1.fleet.", "c1.fleet."] {
+            let (outcome, m, ede) = ask(&snap, name, RecordType::A);
+            assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{name}");
+            assert_eq!((outcome.rcode, ede), (2, Some(14)), "{name}");
+        }
+        let (_, m, ede) = ask(&snap, "s1.n0.c0.fleet.", RecordType::A);
+        assert_eq!((m.answers.len(), ede), (1, None));
+        let (_, m, _) = ask(&snap, "nope.n0.c0.fleet.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    }
+
     /// The answers a reader gives while clusters are unreachable or withdrawn.
     #[test]
     fn unreachable_clusters_answer_stale_and_withdrawn_ones_servfail() {
-        use crate::dns::index::{Outcome, ReplySettings, Transport};
-        use hickory_proto::op::{Edns, Message, Query, ResponseCode};
-        use hickory_proto::rr::{Name, RecordType};
-
         let mut engine = Engine::new(settings());
         let mut inputs = BTreeMap::new();
         // s1 exported by c0 (local, live) and c1; s2 only by c1; s3 by c1 and c2.
@@ -550,32 +611,7 @@ mod tests {
             apply_op(&mut inputs, &op);
         }
         let snap = engine.apply(inputs, Readiness::Ready, vec![], 7000);
-        let ask = |name: &str, qtype: RecordType| -> (Outcome, Message, Option<u16>) {
-            let mut m = Message::query();
-            m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
-            m.set_edns(Edns::new());
-            let mut out = Vec::new();
-            let settings = ReplySettings {
-                max_udp_payload: 1232,
-            };
-            let outcome = snap.index.respond(
-                Readiness::Ready,
-                settings,
-                &m.to_vec().unwrap(),
-                Transport::Udp,
-                &mut out,
-            );
-            // Our OPT is the last record: its EDE option, if any, ends the message.
-            let ede = (out[out.len() - 2..] != [0, 0]).then(|| {
-                let len = out.len();
-                let text_start = (0..len)
-                    .rev()
-                    .find(|&i| out[i..].starts_with(&[0, 15]))
-                    .unwrap();
-                u16::from_be_bytes([out[text_start + 4], out[text_start + 5]])
-            });
-            (outcome, Message::from_vec(&out).unwrap(), ede)
-        };
+        let ask = |name: &str, qtype: RecordType| ask(&snap, name, qtype);
         // A live local export wins: no staleness.
         let (_, m, ede) = ask("s1.n0.svc.fleet.", RecordType::A);
         assert_eq!(m.answers.len(), 1);

@@ -28,6 +28,27 @@ pub enum ClusterState {
     /// Unreachable for more than `max_stale`: its names answer SERVFAIL with EDE 22,
     /// never NXDOMAIN, and it contributes to no merged name.
     Withdrawn,
+    /// Live nodes of it hold a root but none has been adopted yet (its keys are still
+    /// arriving, or its roots do not verify): its names answer SERVFAIL with EDE 14
+    /// "Not Ready", never a false NXDOMAIN. Its input carries no exports.
+    Pending,
+}
+
+impl ClusterState {
+    /// Whether the cluster's names are in the zone (possibly as stale data).
+    pub fn has_names(self) -> bool {
+        matches!(self, Self::Live | Self::Unreachable)
+    }
+
+    /// The EDE code of the SERVFAIL that answers everything under a cluster without
+    /// names.
+    pub fn unavailable_ede(self) -> Option<u16> {
+        match self {
+            Self::Live | Self::Unreachable => None,
+            Self::Withdrawn => Some(crate::dns::wire::ede::NO_REACHABLE_AUTHORITY),
+            Self::Pending => Some(crate::dns::wire::ede::NOT_READY),
+        }
+    }
 }
 
 /// One cluster's input to the view.
@@ -247,7 +268,7 @@ impl FleetView {
                 match cluster.state {
                     ClusterState::Live => merged.contributing.push(id.clone()),
                     ClusterState::Unreachable => unreachable.push(id.clone()),
-                    ClusterState::Withdrawn => {}
+                    ClusterState::Withdrawn | ClusterState::Pending => {}
                 }
             }
         }

@@ -159,25 +159,30 @@ async fn serial_three_peers_share_their_exports_and_a_stopped_one_is_withdrawn()
     )
     .await;
 
-    // West's mesh metrics say what it sees: three live clusters, three live members (itself included),
-    // east's update timed from its origin, gossip flowing both ways.
-    let text = west.metrics.encode();
-    let metric = |series: &str| {
-        metric_value(&text, series).unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+    // West's mesh metrics say what it sees: three live clusters, three live members
+    // (itself included), east's update timed from its origin, gossip both ways.
+    let expected = |text: &str| {
+        let metric = |series: &str| metric_value(text, series).unwrap_or(f64::NAN);
+        metric("fleetdns_mesh_clusters{state=\"live\"}") == 3.0
+            && metric("fleetdns_mesh_members{state=\"live\"}") == 3.0
+            && metric("fleetdns_mesh_roots_adopted_total") >= 3.0
+            && metric("fleetdns_mesh_propagation_seconds_count") >= 1.0
+            && metric("fleetdns_mesh_publishing") == 1.0
+            && metric("fleetdns_mesh_digest_bytes") > 0.0
+            && metric("fleetdns_mesh_bytes_total{direction=\"in\"}") > 0.0
+            && metric("fleetdns_mesh_bytes_total{direction=\"out\"}") > 0.0
     };
-    assert_eq!(metric("fleetdns_mesh_clusters{state=\"live\"}"), 3.0);
-    assert_eq!(metric("fleetdns_mesh_members{state=\"live\"}"), 3.0);
-    assert!(metric("fleetdns_mesh_roots_adopted_total") >= 3.0);
-    assert!(metric("fleetdns_mesh_propagation_seconds_count") >= 1.0);
-    assert_eq!(metric("fleetdns_mesh_publishing"), 1.0);
-    assert!(metric("fleetdns_mesh_digest_bytes") > 0.0);
-    for direction in ["in", "out"] {
-        assert!(
-            metric(&format!(
-                "fleetdns_mesh_bytes_total{{direction=\"{direction}\"}}"
-            )) > 0.0
-        );
-    }
+    let settled = tokio::time::timeout(TIMEOUT, async {
+        while !expected(&west.metrics.encode()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "west's mesh metrics never showed the fleet:\n{}",
+        west.metrics.encode()
+    );
 
     // Stop central: its names go stale (EDE 3), then withdrawn (SERVFAIL, EDE 22).
     central.shutdown().await;

@@ -788,3 +788,46 @@ async fn one_replica_publishes_and_another_takes_over_without_the_cluster_leavin
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cluster_with_a_live_node_but_no_adopted_root_is_pending_not_absent() {
+    let sim = Sim::new();
+    let mut west = sim
+        .start(
+            "west/0",
+            26_000,
+            &[],
+            exports("west", &[("w", "192.0.2.9")]),
+        )
+        .await;
+    // north/0 holds a root no reader can adopt (it is signed with west's key): its
+    // names may exist, so readers answer SERVFAIL "Not Ready" under north, not NXDOMAIN.
+    let west_leaf = sim.leaf("west");
+    let north = sim.raw_node("north/0", 1, 26_001, &[26_000]).await;
+    let mut forger = Publisher::new(
+        PeerIdentity {
+            fleet: sim.fleet.clone(),
+            node_id: "north/0".into(),
+            cert_chain_pem: west_leaf.cert_pem.clone(),
+            key_pem: west_leaf.key_pem.clone(),
+        },
+        1,
+        1,
+    );
+    let north_exports = exports("north", &[("n", "192.0.2.7")]);
+    north
+        .with_chitchat(|c| {
+            forger
+                .publish(c.self_node_state(), &north_exports, BASE_MS)
+                .unwrap()
+        })
+        .await;
+    west.wait("saw north pending", |v| {
+        seen(v, "north") == Some((BTreeMap::new(), ClusterState::Pending))
+    })
+    .await;
+    // Once north's only node is dead, there is nothing to wait for: north is absent.
+    north.shutdown().await.unwrap();
+    west.wait("dropped north", |v| seen(v, "north").is_none())
+        .await;
+}

@@ -137,6 +137,9 @@ const NOT_READY: Ede = Ede {
     text: "Not Ready",
 };
 
+/// Cluster labels whose subtree answers SERVFAIL, with the EDE code.
+type Unavailable = Arc<[(Box<[u8]>, u16)]>;
+
 /// A published, immutable index: the DNS workers' view of the zone.
 #[derive(Debug)]
 pub struct AnswerIndex {
@@ -147,8 +150,9 @@ pub struct AnswerIndex {
     /// answers, whose owner is a pointer to the apex inside the echoed question.
     soa_tail: Arc<[u8]>,
     names: usize,
-    /// Labels (directly under the apex) of withdrawn clusters; usually empty.
-    withdrawn: Arc<[Box<[u8]>]>,
+    /// Labels (directly under the apex) of clusters without names (withdrawn,
+    /// pending), with the EDE of the SERVFAIL under them; usually empty.
+    unavailable: Unavailable,
 }
 
 /// The budget for records in a TCP reply: the message cap minus header, question and
@@ -305,7 +309,7 @@ pub struct IndexBuilder {
     soa_tail: Arc<[u8]>,
     names: usize,
     empty: Arc<NameEntry>,
-    withdrawn: Arc<[Box<[u8]>]>,
+    unavailable: Unavailable,
 }
 
 impl IndexBuilder {
@@ -320,7 +324,7 @@ impl IndexBuilder {
             soa_tail: Arc::from(&[][..]),
             names: 0,
             empty: Arc::from(Vec::new()),
-            withdrawn: Arc::from(Vec::new()),
+            unavailable: Arc::from(Vec::new()),
         }
     }
 
@@ -418,11 +422,12 @@ impl IndexBuilder {
         }
     }
 
-    /// The clusters whose whole subtree answers SERVFAIL with EDE 22 (withdrawn).
-    pub fn set_withdrawn<'a>(&mut self, clusters: impl IntoIterator<Item = &'a str>) {
-        self.withdrawn = clusters
+    /// The clusters whose whole subtree answers SERVFAIL, with its EDE code (22 for
+    /// withdrawn, 14 for pending).
+    pub fn set_unavailable<'a>(&mut self, clusters: impl IntoIterator<Item = (&'a str, u16)>) {
+        self.unavailable = clusters
             .into_iter()
-            .map(|c| c.to_ascii_lowercase().into_bytes().into_boxed_slice())
+            .map(|(c, ede)| (c.to_ascii_lowercase().into_bytes().into_boxed_slice(), ede))
             .collect();
     }
 
@@ -433,7 +438,7 @@ impl IndexBuilder {
             shards: self.shards.clone(),
             soa_tail: self.soa_tail.clone(),
             names: self.names,
-            withdrawn: self.withdrawn.clone(),
+            unavailable: self.unavailable.clone(),
         }
     }
 }
@@ -448,7 +453,7 @@ impl AnswerIndex {
             ..Group::default()
         };
         builder.replace_group(GroupId::Apex, &group);
-        builder.set_withdrawn(zone.withdrawn.iter().map(|c| c.as_str()));
+        builder.set_unavailable(zone.unavailable.iter().map(|(c, ede)| (c.as_str(), *ede)));
         builder.publish()
     }
 
@@ -491,7 +496,7 @@ impl AnswerIndex {
                 .collect()
         };
         self.apex == other.apex
-            && self.withdrawn == other.withdrawn
+            && self.unavailable == other.unavailable
             && self.soa_tail == other.soa_tail
             && self.names == other.names
             && entries(self) == entries(other)
@@ -502,8 +507,9 @@ impl AnswerIndex {
         self.names
     }
 
-    /// Whether `qname` (apex at `apex_offset`) is a withdrawn cluster's name or below it.
-    fn under_withdrawn(&self, qname: &[u8], apex_offset: usize) -> bool {
+    /// The EDE code if `qname` (apex at `apex_offset`) is an unavailable cluster's name
+    /// or below it.
+    fn under_unavailable(&self, qname: &[u8], apex_offset: usize) -> Option<u16> {
         // Find the label just before the apex: the first label under it.
         let mut pos = 0;
         let mut last = None;
@@ -511,10 +517,12 @@ impl AnswerIndex {
             last = Some(pos);
             pos += 1 + qname[pos] as usize;
         }
-        last.is_some_and(|at| {
-            let label = &qname[at + 1..at + 1 + qname[at] as usize];
-            self.withdrawn.iter().any(|w| **w == *label)
-        })
+        let at = last?;
+        let label = &qname[at + 1..at + 1 + qname[at] as usize];
+        self.unavailable
+            .iter()
+            .find(|(cluster, _)| **cluster == *label)
+            .map(|(_, ede)| *ede)
     }
 
     /// Offset of the apex inside a lowercase wire name, if the name is in the zone.
@@ -630,16 +638,18 @@ impl AnswerIndex {
             bare(out, false, false, rcode::SERVFAIL, Some(NOT_READY));
             return outcome;
         }
-        if !self.withdrawn.is_empty() && self.under_withdrawn(qname, apex_offset) {
-            // A cluster that left without saying so: never a false NXDOMAIN.
+        if !self.unavailable.is_empty()
+            && let Some(code) = self.under_unavailable(qname, apex_offset)
+        {
+            // A cluster that left without saying so, or one whose export has not
+            // arrived: never a false NXDOMAIN.
+            let ede = if code == wire::ede::NOT_READY {
+                NOT_READY
+            } else {
+                NO_REACHABLE_AUTHORITY
+            };
             outcome.rcode = rcode::SERVFAIL;
-            bare(
-                out,
-                false,
-                false,
-                rcode::SERVFAIL,
-                Some(NO_REACHABLE_AUTHORITY),
-            );
+            bare(out, false, false, rcode::SERVFAIL, Some(ede));
             return outcome;
         }
 
@@ -775,7 +785,7 @@ mod tests {
             names,
             skipped: vec![],
             stale: Default::default(),
-            withdrawn: vec![],
+            unavailable: vec![],
         })
     }
 

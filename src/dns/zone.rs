@@ -52,8 +52,9 @@ pub struct Zone {
     pub skipped: Vec<String>,
     /// Names whose answers are stale data (EDE 3).
     pub stale: BTreeSet<Name>,
-    /// Withdrawn clusters: everything under them answers SERVFAIL (EDE 22).
-    pub withdrawn: Vec<ClusterId>,
+    /// Clusters without names (withdrawn, pending): everything under them answers
+    /// SERVFAIL with this EDE code.
+    pub unavailable: Vec<(ClusterId, u16)>,
 }
 
 struct Builder {
@@ -162,9 +163,10 @@ pub fn build_group(view: &FleetView, params: &ZoneParams, id: &GroupId) -> Group
     match id {
         GroupId::Apex => add_apex(&mut b, params),
         GroupId::Cluster(cluster) => {
-            // A withdrawn cluster has no names: the index answers SERVFAIL under it.
+            // A withdrawn or pending cluster has no names: the index answers SERVFAIL
+            // under it.
             if let Some(c) = view.clusters.get(cluster)
-                && c.state != ClusterState::Withdrawn
+                && c.state.has_names()
                 && let Some(owner) = b.name(&FleetName::Cluster(cluster.clone()))
             {
                 b.stale_mode = c.state == ClusterState::Unreachable;
@@ -175,7 +177,7 @@ pub fn build_group(view: &FleetView, params: &ZoneParams, id: &GroupId) -> Group
         }
         GroupId::Service(key) => {
             for (id, cluster) in &view.clusters {
-                if cluster.state == ClusterState::Withdrawn {
+                if !cluster.state.has_names() {
                     continue;
                 }
                 if let Some(svc) = cluster.services.get(key) {
@@ -285,11 +287,10 @@ impl Zone {
             names,
             skipped,
             stale,
-            withdrawn: view
+            unavailable: view
                 .clusters
                 .values()
-                .filter(|c| c.state == ClusterState::Withdrawn)
-                .map(|c| c.id.clone())
+                .filter_map(|c| Some((c.id.clone(), c.state.unavailable_ede()?)))
                 .collect(),
         }
     }

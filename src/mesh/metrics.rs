@@ -27,10 +27,11 @@ use crate::view::ClusterState;
 type StateLabels = [(&'static str, &'static str); 1];
 
 /// Cluster states as metric label values.
-const CLUSTER_STATES: [(ClusterState, &str); 3] = [
+const CLUSTER_STATES: [(ClusterState, &str); 4] = [
     (ClusterState::Live, "live"),
     (ClusterState::Unreachable, "unreachable"),
     (ClusterState::Withdrawn, "withdrawn"),
+    (ClusterState::Pending, "pending"),
 ];
 
 /// Propagation buckets in seconds: sub-second gossip-on-change up to anti-entropy
@@ -146,7 +147,7 @@ impl MeshMetrics {
     }
 
     pub fn set_clusters(&self, states: impl IntoIterator<Item = ClusterState>) {
-        let mut counts = [0usize; 3];
+        let mut counts = [0usize; CLUSTER_STATES.len()];
         for state in states {
             if let Some(i) = CLUSTER_STATES.iter().position(|(s, _)| *s == state) {
                 counts[i] += 1;

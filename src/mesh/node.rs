@@ -29,7 +29,7 @@ use crate::clock::Clock;
 use crate::config::{DEAD_NODE_GRACE_PERIOD, MeshConfig};
 use crate::dns::index::Readiness;
 use crate::identity::FleetName;
-use crate::model::ClusterId;
+use crate::model::{ClusterId, LocalExports};
 use crate::source::file::FileSourceState;
 use crate::view::{ClusterInput, ClusterState};
 
@@ -202,6 +202,7 @@ pub async fn spawn(
         observer,
         trackers: BTreeMap::new(),
         judged: HashSet::new(),
+        pending_exports: BTreeMap::new(),
         started: Instant::now(),
         was_ready: false,
         local,
@@ -235,6 +236,8 @@ struct Node {
     trackers: BTreeMap<ClusterId, Tracked>,
     /// Node ids chitchat has reported live at least once.
     judged: HashSet<String>,
+    /// The empty export of each pending cluster (see `build_view`).
+    pending_exports: BTreeMap<ClusterId, Arc<LocalExports>>,
     started: Instant,
     was_ready: bool,
     local: watch::Receiver<FileSourceState>,
@@ -448,16 +451,26 @@ impl Node {
             tracing::info!(%cluster, node = %adopted.node_id, epoch = adopted.claim.epoch, seq = adopted.claim.seq, role = ?adopted.claim.role, "adopted a new export");
         }
         self.elect(guard.self_node_state(), &live, now_ms);
-        let mut waiting_roots: Vec<String> = guard
-            .node_states()
-            .iter()
-            .filter(|(id, s)| {
-                s.get(ROOT_KEY).is_some()
-                    && node_cluster(&id.node_id).is_some_and(|c| {
-                        c != self.params.cluster && !self.observer.adopted().contains_key(&c)
-                    })
-            })
-            .map(|(id, _)| format!("a verified root of node {}", id.node_id))
+        // Clusters whose nodes hold a root none of which is adopted yet.
+        let mut unadopted: BTreeMap<ClusterId, Vec<&str>> = BTreeMap::new();
+        for (node, state) in latest_generations(guard.node_states()) {
+            if let Some(cluster) = node_cluster(node)
+                && state.get(ROOT_KEY).is_some()
+                && cluster != self.params.cluster
+                && !self.observer.adopted().contains_key(&cluster)
+            {
+                unadopted.entry(cluster).or_default().push(node);
+            }
+        }
+        let mut waiting_roots: Vec<String> = unadopted
+            .values()
+            .flatten()
+            .map(|node| format!("a verified root of node {node}"))
+            .collect();
+        let pending: BTreeSet<ClusterId> = unadopted
+            .into_iter()
+            .filter(|(_, nodes)| nodes.iter().any(|n| live.contains(*n)))
+            .map(|(cluster, _)| cluster)
             .collect();
         let met_a_peer = guard
             .node_states()
@@ -467,7 +480,7 @@ impl Node {
         if !met_a_peer && !self.params.config.seeds.is_empty() {
             waiting_roots.push("a first exchange with a mesh peer".into());
         }
-        let view = self.build_view(&live, now_ms, waiting_roots);
+        let view = self.build_view(&live, now_ms, waiting_roots, pending);
         self.metrics
             .set_clusters(view.inputs.values().map(|input| input.state));
         // Once ready, a peer never becomes unready because others are unreachable.
@@ -498,6 +511,7 @@ impl Node {
         live: &HashSet<String>,
         now_ms: u64,
         waiting_roots: Vec<String>,
+        pending: BTreeSet<ClusterId>,
     ) -> SourceView {
         let local = self.local.borrow();
         let mut inputs = BTreeMap::new();
@@ -530,6 +544,30 @@ impl Node {
                 ClusterInput {
                     exports: adopted.exports.clone(),
                     state: next.state,
+                },
+            );
+        }
+        // A cluster with live nodes but no adopted root answers SERVFAIL (EDE 14) until
+        // one is adopted: its names may exist, so NXDOMAIN would be false. The empty
+        // export is kept across passes so an unchanged view is not republished.
+        self.pending_exports.retain(|c, _| pending.contains(c));
+        for cluster in pending {
+            let exports = self
+                .pending_exports
+                .entry(cluster.clone())
+                .or_insert_with(|| {
+                    Arc::new(LocalExports {
+                        cluster: cluster.clone(),
+                        labels: BTreeMap::new(),
+                        services: BTreeMap::new(),
+                    })
+                })
+                .clone();
+            inputs.insert(
+                cluster,
+                ClusterInput {
+                    exports,
+                    state: ClusterState::Pending,
                 },
             );
         }
