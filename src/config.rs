@@ -180,6 +180,14 @@ pub struct MeshConfig {
     pub max_stale: Duration,
     pub rejoin_after: Duration,
     pub bootstrap_timeout: Duration,
+    /// Connections older than this are closed and redialled, so a revocation or a
+    /// CA removed from the bundle takes effect within it.
+    pub max_connection_age: Duration,
+    /// Clusters cut off whatever their certificates say: their connections are
+    /// refused and their roots dropped.
+    pub revoked_clusters: std::collections::BTreeSet<ClusterId>,
+    /// How often `cert`, `key` and `trust_bundle` are read again for changes.
+    pub reload_interval: Duration,
 }
 
 /// chitchat forgets a dead node after this; `max_stale` must stay well below it.
@@ -208,6 +216,12 @@ struct RawMesh {
     rejoin_after: Option<String>,
     #[serde(default)]
     bootstrap_timeout: Option<String>,
+    #[serde(default)]
+    max_connection_age: Option<String>,
+    #[serde(default)]
+    revoked_clusters: Vec<String>,
+    #[serde(default)]
+    reload_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -487,7 +501,31 @@ fn parse_mesh(
             &raw.bootstrap_timeout,
             Duration::from_secs(15),
         )?,
+        max_connection_age: duration(
+            "mesh.max_connection_age",
+            &raw.max_connection_age,
+            Duration::from_secs(600),
+        )?,
+        revoked_clusters: raw
+            .revoked_clusters
+            .iter()
+            .map(|c| {
+                ClusterId::parse(c)
+                    .map_err(|e| invalid("mesh.revoked_clusters", format!("{c:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?,
+        reload_interval: duration(
+            "mesh.reload_interval",
+            &raw.reload_interval,
+            Duration::from_secs(5),
+        )?,
     };
+    if mesh.max_connection_age.is_zero() || mesh.reload_interval.is_zero() {
+        return Err(invalid(
+            "mesh.max_connection_age",
+            "max_connection_age and reload_interval must be above 0s".into(),
+        ));
+    }
     if mesh.gossip_interval.is_zero() || mesh.alive_interval.is_zero() {
         return Err(invalid(
             "mesh.gossip_interval",

@@ -32,6 +32,10 @@ pub enum IdentityError {
     Pem(String),
     #[error("certificate not trusted by the bundle: {0}")]
     Untrusted(String),
+    #[error("certificate expired or not yet valid: {0}")]
+    Expired(String),
+    #[error("cluster {0} is revoked (mesh.revoked_clusters)")]
+    Revoked(ClusterId),
     #[error("certificate names no cluster of fleet {fleet:?} (URI SANs: {uris:?})")]
     NoClusterName { fleet: String, uris: Vec<String> },
     #[error("signature does not verify")]
@@ -177,50 +181,74 @@ fn uri_sans(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// The fleet's trust anchors, parsed once from `mesh.trust_bundle` (a list, so an old
+/// and a new CA can overlap during a rotation).
+#[derive(Debug, Clone)]
+pub struct TrustBundle {
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+}
+
+impl TrustBundle {
+    /// Every CERTIFICATE block of every PEM text is a trusted CA.
+    pub fn from_pems(pems: &[String]) -> Result<Self, IdentityError> {
+        let mut anchors = Vec::new();
+        for pem in pems {
+            for der in pem_ders(pem, "CERTIFICATE")? {
+                let der = rustls_pki_types::CertificateDer::from(der);
+                let anchor = webpki::anchor_from_trusted_cert(&der)
+                    .map_err(|e| IdentityError::Pem(format!("bad CA in the bundle: {e}")))?;
+                anchors.push(anchor.to_owned());
+            }
+        }
+        Ok(Self { anchors })
+    }
+}
+
 /// Verifies a peer's chain (leaf first, PEM) against any CA of `bundle` at `unix_now`,
-/// and reads which cluster of `fleet` it names. Host names and IPs play no part.
+/// and returns the cluster its URI SAN names in `fleet`.
 pub fn verify_chain(
     chain_pem: &str,
     bundle_pem: &[String],
     fleet: &FleetName,
     unix_now: u64,
 ) -> Result<VerifiedPeer, IdentityError> {
-    use rustls_pki_types::{CertificateDer, UnixTime};
     let chain = pem_ders(chain_pem, "CERTIFICATE")?;
-    let ca_ders: Vec<CertificateDer<'static>> = bundle_pem
+    let bundle = TrustBundle::from_pems(bundle_pem)?;
+    verify_chain_der(&chain[0], &chain[1..], &bundle, fleet, unix_now)
+}
+
+/// [`verify_chain`] on DER certificates, as a TLS handshake presents them.
+pub fn verify_chain_der(
+    leaf: &[u8],
+    intermediates: &[impl AsRef<[u8]>],
+    bundle: &TrustBundle,
+    fleet: &FleetName,
+    unix_now: u64,
+) -> Result<VerifiedPeer, IdentityError> {
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let leaf_der = CertificateDer::from(leaf);
+    let intermediates: Vec<CertificateDer> = intermediates
         .iter()
-        .map(|p| pem_ders(p, "CERTIFICATE"))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .map(CertificateDer::from)
+        .map(|d| CertificateDer::from(d.as_ref()))
         .collect();
-    let anchors = ca_ders
-        .iter()
-        .map(|der| {
-            webpki::anchor_from_trusted_cert(der)
-                .map(|a| a.to_owned())
-                .map_err(|e| IdentityError::Untrusted(format!("bad CA in the bundle: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let leaf = CertificateDer::from(chain[0].clone());
-    let intermediates: Vec<CertificateDer> = chain[1..]
-        .iter()
-        .map(|d| CertificateDer::from(d.clone()))
-        .collect();
-    let cert = webpki::EndEntityCert::try_from(&leaf)
+    let cert = webpki::EndEntityCert::try_from(&leaf_der)
         .map_err(|e| IdentityError::Untrusted(e.to_string()))?;
     cert.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
+        &bundle.anchors,
         &intermediates,
         UnixTime::since_unix_epoch(std::time::Duration::from_secs(unix_now)),
         webpki::KeyUsage::client_auth(),
         None,
         None,
     )
-    .map_err(|e| IdentityError::Untrusted(e.to_string()))?;
-    let uris = uri_sans(&chain[0]);
+    .map_err(|e| match e {
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+            IdentityError::Expired(e.to_string())
+        }
+        _ => IdentityError::Untrusted(e.to_string()),
+    })?;
+    let uris = uri_sans(leaf);
     let prefix = format!("fleetdns://{}/cluster/", fleet.as_str());
     let cluster = uris
         .iter()
@@ -231,8 +259,62 @@ pub fn verify_chain(
         })?;
     Ok(VerifiedPeer {
         cluster,
-        leaf_der: chain[0].clone(),
+        leaf_der: leaf.to_vec(),
     })
+}
+
+/// Everything a peer trusts: its fleet's name, the CAs of the bundle, and the clusters
+/// revoked by configuration (`mesh.revoked_clusters`) whatever their certificates say.
+#[derive(Debug, Clone)]
+pub struct FleetTrust {
+    pub fleet: FleetName,
+    pub bundle: TrustBundle,
+    pub revoked: std::collections::BTreeSet<ClusterId>,
+}
+
+impl FleetTrust {
+    /// Trust in the CAs of `bundle_pems` for `fleet`, nothing revoked.
+    pub fn new(fleet: FleetName, bundle_pems: &[String]) -> Result<Self, IdentityError> {
+        Ok(Self {
+            fleet,
+            bundle: TrustBundle::from_pems(bundle_pems)?,
+            revoked: std::collections::BTreeSet::new(),
+        })
+    }
+
+    /// Verifies a chain (DER, leaf first) and that its cluster is not revoked.
+    pub fn verify_der(
+        &self,
+        leaf: &[u8],
+        intermediates: &[impl AsRef<[u8]>],
+        unix_now: u64,
+    ) -> Result<VerifiedPeer, IdentityError> {
+        let peer = verify_chain_der(leaf, intermediates, &self.bundle, &self.fleet, unix_now)?;
+        if self.revoked.contains(&peer.cluster) {
+            return Err(IdentityError::Revoked(peer.cluster));
+        }
+        Ok(peer)
+    }
+
+    /// [`FleetTrust::verify_der`] on a PEM chain.
+    pub fn verify_pem(
+        &self,
+        chain_pem: &str,
+        unix_now: u64,
+    ) -> Result<VerifiedPeer, IdentityError> {
+        let chain = pem_ders(chain_pem, "CERTIFICATE")?;
+        self.verify_der(&chain[0], &chain[1..], unix_now)
+    }
+}
+
+/// A certificate chain (leaf first) and its PKCS#8 key as DER, for a TLS config.
+pub fn chain_and_key_der(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<Vec<u8>>, Vec<u8>), IdentityError> {
+    let chain = pem_ders(chain_pem, "CERTIFICATE")?;
+    let key = pem_ders(key_pem, "PRIVATE KEY")?.remove(0);
+    Ok((chain, key))
 }
 
 impl VerifiedPeer {
@@ -385,7 +467,7 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, IdentityError::Untrusted(_)), "{err}");
         let err = verify_chain(&leaf.cert_pem, &bundle, &fleet, NOW + 400 * 86_400).unwrap_err();
-        assert!(matches!(err, IdentityError::Untrusted(_)), "{err}");
+        assert!(matches!(err, IdentityError::Expired(_)), "{err}");
         let staging = FleetName::parse("staging").unwrap();
         let err = verify_chain(&leaf.cert_pem, &bundle, &staging, NOW).unwrap_err();
         assert!(

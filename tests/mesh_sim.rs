@@ -204,6 +204,9 @@ fn mesh_config(port: u16, seeds: &[u16]) -> MeshConfig {
         max_stale: Duration::from_secs(5),
         rejoin_after: Duration::from_secs(3),
         bootstrap_timeout: Duration::from_secs(1),
+        max_connection_age: Duration::from_secs(600),
+        revoked_clusters: BTreeSet::new(),
+        reload_interval: Duration::from_secs(3600),
     }
 }
 
@@ -248,19 +251,27 @@ impl Sim {
         let mut registry = Registry::with_prefix("fleetdns");
         let metrics = MeshMetrics::register(&mut registry);
         let cancel = CancellationToken::new();
+        let params = MeshParams {
+            config: mesh_config(port, seeds),
+            fleet: self.fleet.clone(),
+            cluster: cluster_id(cluster),
+            node_id: node_id.to_string(),
+        };
+        let credentials = Credentials::new(
+            &params,
+            leaf.cert_pem,
+            leaf.key_pem,
+            vec![self.ca.cert_pem.clone()],
+            self.clock.unix_seconds(),
+        )
+        .unwrap();
+        // The in-process transport carries no TLS: what these tests check is what
+        // peers make of the state gossip brings, whoever relays it.
         let (view, task) = spawn(
-            MeshParams {
-                config: mesh_config(port, seeds),
-                fleet: self.fleet.clone(),
-                cluster: cluster_id(cluster),
-                node_id: node_id.to_string(),
-            },
-            Credentials {
-                cert_pem: leaf.cert_pem,
-                key_pem: leaf.key_pem,
-                bundle: vec![self.ca.cert_pem.clone()],
-            },
+            params,
+            credentials,
             Arc::new(self.transport.clone()),
+            None,
             local_rx,
             self.clock.clone(),
             metrics,

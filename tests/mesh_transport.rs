@@ -87,6 +87,7 @@ async fn serial_mesh_send_to_an_unreachable_peer_returns_at_once_and_is_counted(
     let transport = StreamTransport::new(TransportSettings {
         queue_len: 4,
         connect_timeout: Duration::from_secs(3),
+        ..TransportSettings::default()
     });
     let mut a = transport.open(free_addr()).await.unwrap();
     let nobody = free_addr();

@@ -428,6 +428,10 @@ pub enum RootRejection {
     NodeId,
     #[error("certificate not trusted")]
     CertUntrusted,
+    #[error("certificate expired or not yet valid")]
+    CertExpired,
+    #[error("the certificate's cluster is revoked (mesh.revoked_clusters)")]
+    CertRevoked,
     #[error("certificate names another cluster than the node id")]
     CertClusterMismatch,
     #[error("signature does not verify")]
@@ -439,10 +443,12 @@ pub enum RootRejection {
 }
 
 impl RootRejection {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Decode,
         Self::NodeId,
         Self::CertUntrusted,
+        Self::CertExpired,
+        Self::CertRevoked,
         Self::CertClusterMismatch,
         Self::BadSignature,
         Self::WrongOrigin,
@@ -454,6 +460,8 @@ impl RootRejection {
             Self::Decode => "decode",
             Self::NodeId => "node-id",
             Self::CertUntrusted => "cert-untrusted",
+            Self::CertExpired => "cert-expired",
+            Self::CertRevoked => "cert-revoked",
             Self::CertClusterMismatch => "cert-cluster-mismatch",
             Self::BadSignature => "bad-signature",
             Self::WrongOrigin => "wrong-origin",
@@ -489,25 +497,25 @@ pub fn seal_root(
 /// `C/<replica>`, its certificate chains to the bundle and names C, the root's
 /// signature verifies under that certificate, the root is this fleet's and this node's,
 /// and the service keys held for the node hash to it (none missing, none extra).
-#[allow(clippy::too_many_arguments)]
 pub fn verify_root<'a>(
     root_value: &str,
     cert_chain_pem: &str,
-    bundle_pem: &[String],
-    fleet: &crate::identity::FleetName,
+    trust: &crate::identity::FleetTrust,
     node_id: &str,
     held: impl IntoIterator<Item = (&'a str, &'a str)>,
     unix_now: u64,
 ) -> Result<VerifiedRoot, RootRejection> {
+    use crate::identity::IdentityError;
+    let fleet = &trust.fleet;
     let cluster = node_cluster(node_id).ok_or(RootRejection::NodeId)?;
-    let peer = crate::identity::verify_chain(cert_chain_pem, bundle_pem, fleet, unix_now).map_err(
-        |e| match e {
-            crate::identity::IdentityError::NoClusterName { .. } => {
-                RootRejection::CertClusterMismatch
-            }
+    let peer = trust
+        .verify_pem(cert_chain_pem, unix_now)
+        .map_err(|e| match e {
+            IdentityError::NoClusterName { .. } => RootRejection::CertClusterMismatch,
+            IdentityError::Expired(_) => RootRejection::CertExpired,
+            IdentityError::Revoked(_) => RootRejection::CertRevoked,
             _ => RootRejection::CertUntrusted,
-        },
-    )?;
+        })?;
     if peer.cluster != cluster {
         return Err(RootRejection::CertClusterMismatch);
     }
@@ -771,7 +779,7 @@ mod tests {
     /// The adoption rule, case by case: what a reader does with each kind of root.
     #[test]
     fn roots_are_adopted_only_from_their_own_cluster_and_complete() {
-        use crate::identity::{FleetName, issue_leaf, new_ca};
+        use crate::identity::{FleetName, FleetTrust, issue_leaf, new_ca};
         const NOW: u64 = 1_795_000_000;
         let fleet = FleetName::parse("prod").unwrap();
         let ca = new_ca(&fleet, NOW, 3650).unwrap();
@@ -795,7 +803,8 @@ mod tests {
             role: RootRole::Publisher,
         };
         let verify = |root: &str, chain: &str, node: &str, held: Vec<(&str, &str)>| {
-            verify_root(root, chain, &bundle, &fleet, node, held, NOW + 10)
+            let trust = FleetTrust::new(fleet.clone(), &bundle).unwrap();
+            verify_root(root, chain, &trust, node, held, NOW + 10)
         };
 
         let root = seal_root(&claim("east/0"), &east_leaf.key_pem).unwrap();

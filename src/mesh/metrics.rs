@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::codec::RootRejection;
+use super::tls::CertRejections;
 use super::transport::TransportStats;
 use crate::metrics::{encode_counter, encode_labelled_counter};
 use crate::view::ClusterState;
@@ -52,6 +53,7 @@ pub struct MeshMetrics {
     publishing: Gauge,
     restarts: Counter,
     transport: Arc<TransportStats>,
+    cert_rejections: Arc<CertRejections>,
 }
 
 impl MeshMetrics {
@@ -101,6 +103,7 @@ impl MeshMetrics {
         );
         registry.register_collector(Box::new(TransportCollector {
             stats: metrics.transport.clone(),
+            cert_rejections: metrics.cert_rejections.clone(),
         }));
         metrics
     }
@@ -129,7 +132,13 @@ impl MeshMetrics {
             publishing: Gauge::default(),
             restarts: Counter::default(),
             transport: Arc::default(),
+            cert_rejections: Arc::default(),
         }
+    }
+
+    /// The counters of certificates refused in TLS handshakes.
+    pub fn cert_rejections(&self) -> Arc<CertRejections> {
+        self.cert_rejections.clone()
     }
 
     /// The counters the stream transport writes into.
@@ -194,6 +203,7 @@ fn gauge(n: usize) -> i64 {
 #[derive(Debug)]
 struct TransportCollector {
     stats: Arc<TransportStats>,
+    cert_rejections: Arc<CertRejections>,
 }
 
 impl Collector for TransportCollector {
@@ -236,6 +246,24 @@ impl Collector for TransportCollector {
             "mesh_connect_failures",
             "Dials to a mesh peer that failed or timed out.",
             read(&s.connect_failures),
-        )
+        )?;
+        encode_counter(
+            &mut encoder,
+            "mesh_handshake_failures",
+            "Mesh TLS handshakes that failed, inbound and outbound (not TLS, a refused \
+             certificate, a timeout).",
+            read(&s.handshake_failures),
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "mesh_peer_certs_rejected",
+            "Certificates a mesh peer presented in a handshake and this peer refused, by \
+             reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in self.cert_rejections.snapshot() {
+            encode_labelled_counter(&mut metric, &[("reason", reason.as_str())], count)?;
+        }
+        Ok(())
     }
 }

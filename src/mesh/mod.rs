@@ -11,4 +11,5 @@ pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod tls;
 pub mod transport;

@@ -24,11 +24,12 @@ use super::codec::{ROOT_KEY, RootRejection, RootRole, node_cluster};
 use super::liveness::{self, LivenessSettings, Tracked};
 use super::metrics::MeshMetrics;
 use super::peer::{Observer, PeerIdentity, Publisher};
+use super::tls::MeshTls;
 use super::transport::{StreamTransport, TransportSettings};
 use crate::clock::Clock;
 use crate::config::{DEAD_NODE_GRACE_PERIOD, MeshConfig};
 use crate::dns::index::Readiness;
-use crate::identity::FleetName;
+use crate::identity::{FleetName, FleetTrust, TrustBundle};
 use crate::model::{ClusterId, LocalExports};
 use crate::source::file::FileSourceState;
 use crate::view::{ClusterInput, ClusterState};
@@ -65,13 +66,14 @@ pub struct MeshParams {
     pub node_id: String,
 }
 
-/// A peer's own certificate chain and key, and the fleet's trust bundle, as read and
-/// checked at start.
+/// A peer's own certificate chain and key, and what it trusts, as read and checked.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub cert_pem: String,
     pub key_pem: String,
-    pub bundle: Vec<String>,
+    /// The texts of the `mesh.trust_bundle` files, to notice when they change.
+    pub bundle_pems: Vec<String>,
+    pub trust: FleetTrust,
 }
 
 fn read(path: &std::path::Path) -> anyhow::Result<String> {
@@ -79,26 +81,42 @@ fn read(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 impl Credentials {
-    /// Reads `mesh.cert`, `mesh.key` and `mesh.trust_bundle`, and checks that the
-    /// certificate is one peers will accept for `cluster`: otherwise nobody would
-    /// ever adopt this peer, and that is better said at start.
+    /// Reads `mesh.cert`, `mesh.key` and `mesh.trust_bundle`; see [`Credentials::new`].
     pub fn load(params: &MeshParams, unix_now: u64) -> anyhow::Result<Self> {
         let mesh = &params.config;
         let cert_pem = read(&mesh.cert)?;
         let key_pem = read(&mesh.key)?;
-        let bundle = mesh
+        let bundle_pems = mesh
             .trust_bundle
             .iter()
             .map(|p| read(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let me = crate::identity::verify_chain(&cert_pem, &bundle, &params.fleet, unix_now)
-            .with_context(|| {
-                format!("checking {} against mesh.trust_bundle", mesh.cert.display())
-            })?;
+        Self::new(params, cert_pem, key_pem, bundle_pems, unix_now).with_context(|| {
+            format!(
+                "checking {} against mesh.trust_bundle",
+                params.config.cert.display()
+            )
+        })
+    }
+
+    /// Checks that the certificate is one peers will accept for this cluster:
+    /// otherwise nobody would ever adopt this peer, and that is better said at once.
+    pub fn new(
+        params: &MeshParams,
+        cert_pem: String,
+        key_pem: String,
+        bundle_pems: Vec<String>,
+        unix_now: u64,
+    ) -> anyhow::Result<Self> {
+        let trust = FleetTrust {
+            fleet: params.fleet.clone(),
+            bundle: TrustBundle::from_pems(&bundle_pems)?,
+            revoked: params.config.revoked_clusters.clone(),
+        };
+        let me = trust.verify_pem(&cert_pem, unix_now)?;
         if me.cluster != params.cluster {
             anyhow::bail!(
-                "{} is a certificate of cluster {}, not of {}",
-                mesh.cert.display(),
+                "the certificate is one of cluster {}, not of {}",
                 me.cluster,
                 params.cluster
             );
@@ -106,8 +124,15 @@ impl Credentials {
         Ok(Self {
             cert_pem,
             key_pem,
-            bundle,
+            bundle_pems,
+            trust,
         })
+    }
+
+    fn same_texts(&self, other: &Self) -> bool {
+        self.cert_pem == other.cert_pem
+            && self.key_pem == other.key_pem
+            && self.bundle_pems == other.bundle_pems
     }
 }
 
@@ -146,12 +171,23 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> anyhow::Result<(watch::Receiver<SourceView>, tokio::task::JoinHandle<()>)> {
     let credentials = Credentials::load(&params, clock.unix_seconds())?;
-    let transport =
-        StreamTransport::with_stats(TransportSettings::default(), metrics.transport_stats());
+    let tls = Arc::new(MeshTls::new(
+        &credentials.cert_pem,
+        &credentials.key_pem,
+        credentials.trust.clone(),
+        clock.clone(),
+        metrics.cert_rejections(),
+    )?);
+    let transport = StreamTransport::tls(
+        transport_settings(&params.config),
+        metrics.transport_stats(),
+        tls.clone(),
+    );
     spawn(
         params,
         credentials,
         Arc::new(transport),
+        Some(tls),
         local,
         clock,
         metrics,
@@ -160,14 +196,28 @@ pub async fn start(
     .await
 }
 
+/// The transport's settings for this mesh's timing.
+fn transport_settings(mesh: &MeshConfig) -> TransportSettings {
+    TransportSettings {
+        max_connection_age: mesh.max_connection_age,
+        // Ten rounds without a word: this peer no longer gossips with that one.
+        idle_timeout: (mesh.gossip_interval * 10).max(Duration::from_secs(1)),
+        ..TransportSettings::default()
+    }
+}
+
 /// Joins the mesh over `transport` and starts the observe loop; the returned
 /// receiver carries the fleet's inputs. Fails if the first gossip socket cannot be
 /// opened; later failures of the gossip task are restarted with a new generation.
-/// The loop ends, leaving the mesh, when `cancel` fires.
+/// Credentials are read again every `mesh.reload_interval`; a change goes to the
+/// observer, the publisher and `tls`. The loop ends, leaving the mesh, when `cancel`
+/// fires.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     params: MeshParams,
     credentials: Credentials,
     transport: Arc<dyn Transport>,
+    tls: Option<Arc<MeshTls>>,
     local: watch::Receiver<FileSourceState>,
     clock: Arc<dyn Clock>,
     metrics: MeshMetrics,
@@ -182,7 +232,7 @@ pub async fn spawn(
     .await
     .with_context(|| format!("joining the mesh on mesh.listen {}", params.config.listen))?;
     let publisher = Publisher::new(identity(&params, &credentials), generation, generation);
-    let observer = Observer::new(params.fleet.clone(), credentials.bundle.clone());
+    let observer = Observer::new(credentials.trust.clone());
     let (tx, rx) = watch::channel(SourceView::default());
     let node = Node {
         settings: LivenessSettings {
@@ -194,6 +244,7 @@ pub async fn spawn(
         params,
         credentials,
         transport,
+        tls,
         clock,
         metrics,
         handle,
@@ -226,6 +277,7 @@ struct Node {
     params: MeshParams,
     credentials: Credentials,
     transport: Arc<dyn Transport>,
+    tls: Option<Arc<MeshTls>>,
     clock: Arc<dyn Clock>,
     metrics: MeshMetrics,
     handle: ChitchatHandle,
@@ -248,6 +300,8 @@ impl Node {
     async fn run(mut self, cancel: CancellationToken) {
         let mut observe = tokio::time::interval(OBSERVE_EVERY);
         let mut alive = tokio::time::interval(self.params.config.alive_interval);
+        let mut reload = tokio::time::interval(self.params.config.reload_interval);
+        reload.tick().await;
         let mut terminated = Box::pin(self.handle.termination_watcher());
         loop {
             tokio::select! {
@@ -261,6 +315,7 @@ impl Node {
                     self.republish_local().await;
                 }
                 _ = alive.tick() => self.stamp_alive().await,
+                _ = reload.tick() => self.reload_credentials().await,
                 result = &mut terminated => {
                     let error = result.err().map(|e| e.to_string());
                     tracing::error!(error = ?error, generation = self.generation, "the gossip task stopped; restarting it");
@@ -320,6 +375,46 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Reads the credential files again; on a change that checks out, every part of
+    /// the peer uses the new ones: handshakes from now on, the observer (which drops
+    /// exports whose certificate is no longer trusted), and a fresh root and stamp
+    /// signed with the new key. A bad change is logged and the old ones stay.
+    async fn reload_credentials(&mut self) {
+        let now = self.clock.unix_seconds();
+        let loaded = match Credentials::load(&self.params, now) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "mesh credentials not reloaded; keeping the current ones"
+                );
+                return;
+            }
+        };
+        if loaded.same_texts(&self.credentials) {
+            return;
+        }
+        if let Some(tls) = &self.tls
+            && let Err(e) = tls.reload(&loaded.cert_pem, &loaded.key_pem, loaded.trust.clone())
+        {
+            tracing::error!(error = %e, "mesh credentials not reloaded; keeping the current ones");
+            return;
+        }
+        self.credentials = loaded;
+        for cluster in self.observer.set_trust(self.credentials.trust.clone(), now) {
+            tracing::warn!(%cluster, "dropped a cluster whose certificate is no longer trusted");
+        }
+        self.publisher
+            .set_identity(identity(&self.params, &self.credentials));
+        if let Some(role) = self.publisher.role() {
+            let chitchat = self.handle.chitchat();
+            let mut guard = chitchat.lock().await;
+            self.write_role(guard.self_node_state(), role);
+        }
+        self.stamp_alive().await;
+        tracing::info!("mesh credentials reloaded");
     }
 
     async fn stamp_alive(&mut self) {
@@ -638,7 +733,15 @@ pub async fn leave(
     let credentials = Credentials::load(&params, clock.unix_seconds())?;
     let generation = clock.unix_millis();
     let chitchat_config = chitchat_config(&config, &fleet, &node_id, generation);
-    let transport = StreamTransport::new(TransportSettings::default());
+    let tls = MeshTls::new(
+        &credentials.cert_pem,
+        &credentials.key_pem,
+        credentials.trust.clone(),
+        clock.clone(),
+        Arc::default(),
+    )?;
+    let transport =
+        StreamTransport::tls(transport_settings(&config), Arc::default(), Arc::new(tls));
     let handle = spawn_chitchat(chitchat_config, Vec::new(), &transport)
         .await
         .with_context(|| {

@@ -18,7 +18,7 @@ use super::codec::{
     self, ALIVE_KEY, ROOT_KEY, RootClaim, RootRejection, RootRole, SERVICE_PREFIX, VerifiedRoot,
     decode_exports, digest, encode_exports, open_alive, seal_alive, seal_root, verify_root,
 };
-use crate::identity::{FleetName, IdentityError};
+use crate::identity::{FleetName, FleetTrust, IdentityError};
 use crate::model::{ClusterId, LocalExports, ServiceKey};
 
 /// The key of a node's certificate chain (PEM). Certificates are public; chitchat
@@ -55,6 +55,11 @@ impl Publisher {
             seq: 0,
             role: None,
         }
+    }
+
+    /// New credentials: the next root and stamps are signed with them.
+    pub fn set_identity(&mut self, identity: PeerIdentity) {
+        self.identity = identity;
     }
 
     /// The role of the last root written, if any.
@@ -194,6 +199,8 @@ pub struct Adopted {
     pub node_id: String,
     pub claim: RootClaim,
     pub exports: Arc<LocalExports>,
+    /// The certificate chain that vouched for it (checked again when trust changes).
+    pub cert: String,
     /// Wall-clock ms when this peer adopted it.
     pub adopted_ms: u64,
 }
@@ -228,8 +235,7 @@ const RECHECK_AFTER_SECS: u64 = 60;
 /// Adopts other clusters' exports from chitchat node states; one per peer.
 #[derive(Debug)]
 pub struct Observer {
-    fleet: FleetName,
-    bundle: Vec<String>,
+    trust: FleetTrust,
     adopted: BTreeMap<ClusterId, Adopted>,
     replicas: BTreeMap<String, Replica>,
     checked: BTreeMap<String, Checked>,
@@ -252,10 +258,9 @@ fn order(claim: &RootClaim) -> (u64, u64, u64) {
 }
 
 impl Observer {
-    pub fn new(fleet: FleetName, bundle: Vec<String>) -> Self {
+    pub fn new(trust: FleetTrust) -> Self {
         Self {
-            fleet,
-            bundle,
+            trust,
             adopted: BTreeMap::new(),
             replicas: BTreeMap::new(),
             checked: BTreeMap::new(),
@@ -338,8 +343,7 @@ impl Observer {
             let verified = verify_root(
                 root,
                 cert,
-                &self.bundle,
-                &self.fleet,
+                &self.trust,
                 node_id,
                 state.key_values(),
                 unix_now,
@@ -412,12 +416,32 @@ impl Observer {
                         node_id: node_id.to_string(),
                         claim,
                         exports: Arc::new(exports),
+                        cert: state.get(CERT_KEY).unwrap_or_default().to_string(),
                         adopted_ms: unix_ms,
                     },
                 );
             }
         }
         observation
+    }
+
+    /// New trust (a reloaded bundle, changed revocations): every node is verified
+    /// again on the next pass, and adopted exports whose certificate is no longer
+    /// trusted are dropped at once.
+    pub fn set_trust(&mut self, trust: FleetTrust, unix_now: u64) -> Vec<ClusterId> {
+        self.trust = trust;
+        self.checked.clear();
+        self.replicas.clear();
+        let trust = &self.trust;
+        let mut dropped = Vec::new();
+        self.adopted.retain(|cluster, adopted| {
+            let kept = trust.verify_pem(&adopted.cert, unix_now).is_ok();
+            if !kept {
+                dropped.push(cluster.clone());
+            }
+            kept
+        });
+        dropped
     }
 
     /// The adopted export of every cluster seen so far.
@@ -525,7 +549,9 @@ mod tests {
                 .unwrap()
         })
         .await;
-        let mut observer = Observer::new(fleet.clone(), vec![ca.cert_pem.clone()]);
+        let mut observer = Observer::new(
+            FleetTrust::new(fleet.clone(), std::slice::from_ref(&ca.cert_pem)).unwrap(),
+        );
         let east_id = ClusterId::parse("east").unwrap();
         observe_until(&west, &mut observer, |o, _| {
             o.adopted()

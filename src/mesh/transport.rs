@@ -1,5 +1,5 @@
-//! The mesh transport: chitchat messages over TCP streams (DESIGN.md §4 "Transport
-//! contract"). TLS comes on top of these streams later (issue 5).
+//! The mesh transport: chitchat messages over mutually authenticated TLS streams
+//! (DESIGN.md §4 "Transport contract"; plain TCP only in transport tests).
 //!
 //! This module owns the mesh's sockets and connections. Each message travels as one
 //! [`frame`](super::frame). `recv` reports a message as coming from the address of the
@@ -22,21 +22,30 @@ use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use dashmap::DashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frame;
+use super::tls::MeshTls;
 
 /// Knobs of the transport.
 #[derive(Debug, Clone, Copy)]
 pub struct TransportSettings {
     /// Frames queued per peer before the oldest is dropped.
     pub queue_len: usize,
-    /// Connect timeout of a dialer (TCP now; TCP + TLS handshake later).
+    /// Time for a dialer's TCP connect plus TLS handshake, and for an accepted
+    /// connection's handshake.
     pub connect_timeout: Duration,
+    /// Connections are closed (and redialled on the next send) after about this long,
+    /// so changed credentials, trust and revocations reach every connection.
+    pub max_connection_age: Duration,
+    /// A connection nothing arrived on for this long is closed (a large mesh would
+    /// otherwise hold a socket per peer ever gossiped with).
+    pub idle_timeout: Duration,
 }
 
 impl Default for TransportSettings {
@@ -44,6 +53,8 @@ impl Default for TransportSettings {
         Self {
             queue_len: 64,
             connect_timeout: Duration::from_secs(3),
+            max_connection_age: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -60,6 +71,9 @@ pub struct TransportStats {
     /// Connections closed because of a bad frame or an undecodable message.
     pub bad_frames: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// TLS handshakes that failed, inbound and outbound (not TLS, refused
+    /// certificate, timeout).
+    pub handshake_failures: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -110,6 +124,7 @@ struct Shared {
     settings: TransportSettings,
     cancel: CancellationToken,
     last_logged: DashMap<SocketAddr, Instant>,
+    tls: Option<Arc<MeshTls>>,
 }
 
 impl Shared {
@@ -135,6 +150,21 @@ impl Shared {
         }
     }
 
+    fn handshake_failed(
+        &self,
+        peer: SocketAddr,
+        outbox: &Arc<Outbox>,
+        error: &dyn std::fmt::Display,
+    ) {
+        add(&self.stats.handshake_failures, 1);
+        self.log_once(
+            peer,
+            "mesh TLS handshake failed; closing the connection",
+            error,
+        );
+        self.forget(peer, outbox);
+    }
+
     /// Forgets `outbox` as the way to `addr`, unless it was replaced meanwhile.
     fn forget(&self, addr: SocketAddr, outbox: &Arc<Outbox>) {
         outbox.closed.store(true, Ordering::Relaxed);
@@ -142,21 +172,36 @@ impl Shared {
     }
 }
 
-/// The chitchat [`Transport`] over TCP streams.
+/// The chitchat [`Transport`] over TCP streams, with mutual TLS when given.
 #[derive(Debug, Clone, Default)]
 pub struct StreamTransport {
     settings: TransportSettings,
     stats: Arc<TransportStats>,
+    tls: Option<Arc<MeshTls>>,
 }
 
 impl StreamTransport {
+    /// Plain TCP: for tests of the transport itself; peers always use [`Self::tls`].
     pub fn new(settings: TransportSettings) -> Self {
         Self::with_stats(settings, Arc::default())
     }
 
-    /// A transport counting into `stats` (shared with the metrics collector).
+    /// Plain TCP counting into `stats` (shared with the metrics collector).
     pub fn with_stats(settings: TransportSettings, stats: Arc<TransportStats>) -> Self {
-        Self { settings, stats }
+        Self {
+            settings,
+            stats,
+            tls: None,
+        }
+    }
+
+    /// Mutual TLS on every connection, both ways, with `tls`'s current credentials.
+    pub fn tls(settings: TransportSettings, stats: Arc<TransportStats>, tls: Arc<MeshTls>) -> Self {
+        Self {
+            settings,
+            stats,
+            tls: Some(tls),
+        }
     }
 
     pub fn stats(&self) -> Arc<TransportStats> {
@@ -178,6 +223,7 @@ impl Transport for StreamTransport {
             settings: self.settings,
             cancel: CancellationToken::new(),
             last_logged: DashMap::new(),
+            tls: self.tls.clone(),
         });
         tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Box::new(StreamSocket { shared, inbox_rx }))
@@ -240,7 +286,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Ok((stream, remote)) => {
                 let outbox = Arc::new(Outbox::default());
                 shared.peers.insert(remote, outbox.clone());
-                tokio::spawn(run_connection(stream, remote, outbox, shared.clone()));
+                tokio::spawn(accept(stream, remote, outbox, shared.clone()));
             }
             Err(e) => {
                 // Out of descriptors and the like: back off, keep listening.
@@ -251,19 +297,58 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Completes an inbound connection's handshake (mutual TLS unless the transport is
+/// plain), then serves it.
+async fn accept(stream: TcpStream, remote: SocketAddr, outbox: Arc<Outbox>, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = &shared.tls else {
+        return run_connection(stream, remote, outbox, shared).await;
+    };
+    let handshake = tokio::time::timeout(
+        shared.settings.connect_timeout,
+        tls.acceptor().accept(stream),
+    );
+    let result = tokio::select! {
+        () = shared.cancel.cancelled() => return,
+        r = handshake => r,
+    };
+    match result {
+        Ok(Ok(stream)) => run_connection(stream, remote, outbox, shared).await,
+        Ok(Err(e)) => shared.handshake_failed(remote, &outbox, &e),
+        Err(_) => shared.handshake_failed(remote, &outbox, &"handshake timed out"),
+    }
+}
+
 async fn dial(to: SocketAddr, outbox: Arc<Outbox>, shared: Arc<Shared>) {
-    let connect = tokio::time::timeout(shared.settings.connect_timeout, TcpStream::connect(to));
+    let tls = shared.tls.clone();
+    let connect = tokio::time::timeout(shared.settings.connect_timeout, async move {
+        let stream = TcpStream::connect(to).await.map_err(DialError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        match tls {
+            None => Ok(Stream::Plain(stream)),
+            Some(tls) => tls
+                .connector()
+                // Peers are verified by their certificate's URI SAN; the name given
+                // here is only what TLS requires to have.
+                .connect(ServerName::IpAddress(to.ip().into()), stream)
+                .await
+                .map(|s| Stream::Tls(Box::new(s)))
+                .map_err(DialError::Handshake),
+        }
+    });
     let stream = tokio::select! {
         () = shared.cancel.cancelled() => return,
         r = connect => r,
     };
     match stream {
-        Ok(Ok(stream)) => run_connection(stream, to, outbox, shared).await,
-        Ok(Err(e)) => {
+        Ok(Ok(Stream::Plain(stream))) => run_connection(stream, to, outbox, shared).await,
+        Ok(Ok(Stream::Tls(stream))) => run_connection(*stream, to, outbox, shared).await,
+        Ok(Err(DialError::Connect(e))) => {
             add(&shared.stats.connect_failures, 1);
             shared.log_once(to, "mesh peer unreachable", &e);
             shared.forget(to, &outbox);
         }
+        Ok(Err(DialError::Handshake(e))) => shared.handshake_failed(to, &outbox, &e),
         Err(_) => {
             add(&shared.stats.connect_failures, 1);
             shared.log_once(to, "mesh peer unreachable", &"connect timed out");
@@ -272,16 +357,23 @@ async fn dial(to: SocketAddr, outbox: Arc<Outbox>, shared: Arc<Shared>) {
     }
 }
 
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+enum DialError {
+    Connect(std::io::Error),
+    Handshake(std::io::Error),
+}
+
 /// Serves one connection until either side fails: frames from `outbox` out, messages
 /// in, reported as from `peer`.
-async fn run_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    outbox: Arc<Outbox>,
-    shared: Arc<Shared>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+async fn run_connection<S>(stream: S, peer: SocketAddr, outbox: Arc<Outbox>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let write = async {
         loop {
             while let Some(frame) = outbox.pop() {
@@ -298,9 +390,12 @@ async fn run_connection(
         let mut decoder = frame::Decoder::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
+            // Idle connections close: the next send dials again.
+            let n = match tokio::time::timeout(shared.settings.idle_timeout, reader.read(&mut buf))
+                .await
+            {
+                Ok(Ok(0) | Err(_)) | Err(_) => return,
+                Ok(Ok(n)) => n,
             };
             add(&shared.stats.bytes_in, n as u64);
             decoder.push(&buf[..n]);
@@ -334,10 +429,23 @@ async fn run_connection(
             }
         }
     };
+    // Spread redials out, so connections made together are not all closed together.
+    let age = shared
+        .settings
+        .max_connection_age
+        .mul_f64(0.9 + jitter() * 0.2);
     tokio::select! {
         () = shared.cancel.cancelled() => {}
         () = write => {}
         () = read => {}
+        () = tokio::time::sleep(age) => {}
     }
     shared.forget(peer, &outbox);
+}
+
+/// A number in [0, 1) that differs between calls (not for cryptography).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let n = RandomState::new().hash_one(std::time::Instant::now());
+    (n >> 11) as f64 / (1u64 << 53) as f64
 }
