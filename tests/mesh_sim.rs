@@ -609,21 +609,33 @@ async fn forged_state_under_east_changes_nothing_and_east_still_goes_unreachable
     .await;
     assert!(rejected.is_ok(), "west never examined the forged root");
 
-    // East is killed; a forger takes over the id east/0 with a newer generation: its
-    // own values and tombstones for east's keys, an alive stamp signed with west's
-    // key, no root, and heartbeats that keep chitchat reporting east/0 live.
-    east.kill().await;
+    // A forger takes the id east/0 with a newer generation while east runs: its own
+    // values and tombstones for east's keys, a root and an alive stamp signed with
+    // west's key, and heartbeats that keep chitchat reporting east/0 live. East's
+    // own generation still counts: it stays live with its export.
     let east0 = sim.raw_node("east/0", BASE_MS * 2, 23_010, &[23_001]).await;
-    let forger0 = Publisher::new(forger_identity("east/0"), BASE_MS * 2, u64::MAX / 2);
+    let mut forger0 = Publisher::new(forger_identity("east/0"), BASE_MS * 2, u64::MAX / 2);
     east0
         .with_chitchat(|c| {
             let state = c.self_node_state();
             state.set("s:default/web/0", "forged");
             state.set("s:default/evil/0", "forged");
             state.delete("s:default/web/0");
+            forger0.publish(state, &evil, BASE_MS * 2).unwrap();
             forger0.stamp_alive(state, BASE_MS * 3).unwrap();
         })
         .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .all(|v| state(v, "east") == Some(ClusterState::Live)),
+        "the forger made east look down while it ran"
+    );
+
+    // East is killed: the forger's heartbeats keep nothing live.
+    east.kill().await;
     west.wait("saw east unreachable", |v| {
         state(v, "east") == Some(ClusterState::Unreachable)
     })
@@ -811,26 +823,32 @@ async fn a_cluster_with_a_live_node_but_no_adopted_root_is_pending_not_absent() 
             exports("west", &[("w", "192.0.2.9")]),
         )
         .await;
-    // north/0 holds a root no reader can adopt (it is signed with west's key): its
-    // names may exist, so readers answer SERVFAIL "Not Ready" under north, not NXDOMAIN.
-    let west_leaf = sim.leaf("west");
+    // north/0 holds a valid root whose keys never all arrive (one is deleted after
+    // the root was signed): its names may exist, so readers answer SERVFAIL "Not
+    // Ready" under north rather than NXDOMAIN.
+    let north_leaf = sim.leaf("north");
     let north = sim.raw_node("north/0", 1, 26_001, &[26_000]).await;
-    let mut forger = Publisher::new(
+    let mut publisher = Publisher::new(
         PeerIdentity {
             fleet: sim.fleet.clone(),
             node_id: "north/0".into(),
-            cert_chain_pem: west_leaf.cert_pem.clone(),
-            key_pem: west_leaf.key_pem.clone(),
+            cert_chain_pem: north_leaf.cert_pem.clone(),
+            key_pem: north_leaf.key_pem.clone(),
         },
         1,
         1,
     );
-    let north_exports = exports("north", &[("n", "192.0.2.7")]);
+    let north_exports = exports("north", &[("n", "192.0.2.7"), ("m", "192.0.2.8")]);
     north
         .with_chitchat(|c| {
-            forger
-                .publish(c.self_node_state(), &north_exports, BASE_MS)
-                .unwrap()
+            let state = c.self_node_state();
+            publisher.publish(state, &north_exports, BASE_MS).unwrap();
+            let key = state
+                .key_values()
+                .find(|(k, _)| k.starts_with("s:default/m/"))
+                .map(|(k, _)| k.to_string())
+                .unwrap();
+            state.delete(&key);
         })
         .await;
     west.wait("saw north pending", |v| {

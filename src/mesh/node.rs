@@ -525,7 +525,10 @@ impl Node {
             .collect();
         self.metrics
             .set_digest_bytes(digest_len(guard.node_states()));
-        let nodes = latest_generations(guard.node_states());
+        let nodes = guard
+            .node_states()
+            .iter()
+            .map(|(id, s)| (&*id.node_id, id.generation_id, s));
         let previously: BTreeSet<ClusterId> = self.observer.adopted().keys().cloned().collect();
         let observation = self.observer.observe(nodes, now_ms);
         for (node, reason) in &observation.rejected {
@@ -546,26 +549,26 @@ impl Node {
             tracing::info!(%cluster, node = %adopted.node_id, epoch = adopted.claim.epoch, seq = adopted.claim.seq, role = ?adopted.claim.role, "adopted a new export");
         }
         self.elect(guard.self_node_state(), &live, now_ms);
-        // Clusters whose nodes hold a root none of which is adopted yet.
-        let mut unadopted: BTreeMap<ClusterId, Vec<&str>> = BTreeMap::new();
-        for (node, state) in latest_generations(guard.node_states()) {
-            if let Some(cluster) = node_cluster(node)
-                && state.get(ROOT_KEY).is_some()
-                && cluster != self.params.cluster
-                && !self.observer.adopted().contains_key(&cluster)
-            {
-                unadopted.entry(cluster).or_default().push(node);
-            }
-        }
-        let mut waiting_roots: Vec<String> = unadopted
-            .values()
-            .flatten()
-            .map(|node| format!("a verified root of node {node}"))
+        let mut waiting_roots: Vec<String> = guard
+            .node_states()
+            .iter()
+            .filter(|(id, s)| {
+                s.get(ROOT_KEY).is_some()
+                    && node_cluster(&id.node_id).is_some_and(|c| {
+                        c != self.params.cluster && !self.observer.adopted().contains_key(&c)
+                    })
+            })
+            .map(|(id, _)| format!("a verified root of node {}", id.node_id))
             .collect();
-        let pending: BTreeSet<ClusterId> = unadopted
-            .into_iter()
-            .filter(|(_, nodes)| nodes.iter().any(|n| live.contains(*n)))
-            .map(|(cluster, _)| cluster)
+        // Clusters none of whose roots is adopted yet while a live node's root waits
+        // for keys still arriving. (A root refused for its certificate makes nothing
+        // pending: that node is no member.)
+        let pending: BTreeSet<ClusterId> = self
+            .observer
+            .awaiting_keys()
+            .filter(|node| live.contains(*node))
+            .filter_map(node_cluster)
+            .filter(|c| *c != self.params.cluster && !self.observer.adopted().contains_key(c))
             .collect();
         let met_a_peer = guard
             .node_states()
@@ -680,27 +683,6 @@ impl Node {
             waiting_for,
         }
     }
-}
-
-/// Each node id's state of its newest generation: a restarted node's old generation
-/// lingers in chitchat until it is declared dead and collected, and must not be
-/// mistaken for the current one.
-fn latest_generations(
-    nodes: &BTreeMap<ChitchatId, NodeState>,
-) -> impl Iterator<Item = (&str, &NodeState)> {
-    let mut nodes = nodes.iter().peekable();
-    std::iter::from_fn(move || {
-        loop {
-            let (id, state) = nodes.next()?;
-            // Ids sort by node id, then generation: the last of a run is the newest.
-            let newer_follows = nodes
-                .peek()
-                .is_some_and(|(next, _)| next.node_id == id.node_id);
-            if !newer_follows {
-                return Some((&*id.node_id, state));
-            }
-        }
-    })
 }
 
 /// The size of the digest chitchat sends each round: a count, then per known node

@@ -227,6 +227,8 @@ struct Checked {
     alive: Option<String>,
     checked_at: u64,
     outcome: Result<ClusterId, RootRejection>,
+    /// What the last verified root of this generation made of the node.
+    replica: Option<Replica>,
 }
 
 /// How long a verification is reused at most (certificates expire).
@@ -238,7 +240,8 @@ pub struct Observer {
     trust: FleetTrust,
     adopted: BTreeMap<ClusterId, Adopted>,
     replicas: BTreeMap<String, Replica>,
-    checked: BTreeMap<String, Checked>,
+    /// Per (node id, chitchat generation).
+    checked: BTreeMap<(String, u64), Checked>,
 }
 
 /// What one observation found wrong, per node (bounded reasons). Each root is
@@ -308,29 +311,26 @@ impl Observer {
             .max()
     }
 
-    /// Looks at every node's state and adopts, per cluster, the newest verified
-    /// publisher root (or decommissioned root).
+    /// Looks at every node's state (each generation chitchat holds of it) and adopts,
+    /// per cluster, the newest verified publisher root (or decommissioned root).
     pub fn observe<'a>(
         &mut self,
-        nodes: impl IntoIterator<Item = (&'a str, &'a NodeState)>,
+        nodes: impl IntoIterator<Item = (&'a str, u64, &'a NodeState)>,
         unix_ms: u64,
     ) -> Observation {
         let unix_now = unix_ms / 1000;
         let mut observation = Observation::default();
         let mut best: BTreeMap<ClusterId, (&'a str, &'a NodeState, RootClaim)> = BTreeMap::new();
         let mut present = BTreeSet::new();
-        for (node_id, state) in nodes {
-            // What was learned of a node stays until chitchat forgets the node: a
-            // state without a root (a new generation still arriving, or one forged
-            // by another peer) must not make its cluster look withdrawn before its
-            // last signed stamp says so.
-            present.insert(node_id.to_string());
+        for (node_id, generation, state) in nodes {
+            let key = (node_id.to_string(), generation);
+            present.insert(key.clone());
             let Some(root) = state.get(ROOT_KEY) else {
                 continue;
             };
             let cert = state.get(CERT_KEY).unwrap_or_default();
             let alive = state.get(ALIVE_KEY);
-            let unchanged = self.checked.get(node_id).is_some_and(|c| {
+            let unchanged = self.checked.get(&key).is_some_and(|c| {
                 c.max_version == state.max_version()
                     && c.root == root
                     && c.cert == cert
@@ -348,8 +348,36 @@ impl Observer {
                 state.key_values(),
                 unix_now,
             );
-            let previous = self.checked.insert(
-                node_id.to_string(),
+            let previous = self.checked.remove(&key);
+            let replica = match &verified {
+                // A node is a replica of its cluster only once it has a verified
+                // root; its liveness comes from its own signed stamp, never from
+                // heartbeats. A verified root is signed proof of life at its origin
+                // time too, so a cluster adopted before its first stamp arrives is
+                // not taken for dead.
+                Ok(v) => Some(Replica {
+                    cluster: v.cluster.clone(),
+                    alive_ms: alive
+                        .and_then(|a| open_alive(a, node_id, &v.peer))
+                        .unwrap_or(0)
+                        .max(v.claim.origin_ms),
+                    epoch: v.claim.epoch,
+                    role: v.claim.role,
+                }),
+                // A newer root still arriving, or a forged one: what was last
+                // learned of this generation stays, alive stamp included.
+                Err(_) => previous.as_ref().and_then(|p| p.replica.clone()),
+            };
+            if let Err(reason) = &verified {
+                let reported = previous
+                    .as_ref()
+                    .is_some_and(|p| p.root == root && p.outcome == Err(*reason));
+                if !reported {
+                    observation.rejected.push((node_id.to_string(), *reason));
+                }
+            }
+            self.checked.insert(
+                key,
                 Checked {
                     max_version: state.max_version(),
                     root: root.to_string(),
@@ -357,39 +385,12 @@ impl Observer {
                     alive: alive.map(str::to_string),
                     checked_at: unix_now,
                     outcome: verified.as_ref().map(|v| v.cluster.clone()).map_err(|e| *e),
+                    replica,
                 },
             );
-            let VerifiedRoot {
-                cluster,
-                claim,
-                peer,
-            } = match verified {
-                Ok(verified) => verified,
-                Err(reason) => {
-                    // A node whose newer root is still arriving keeps what was last
-                    // learned of it, alive stamp included. Each root is reported once.
-                    let reported =
-                        previous.is_some_and(|p| p.root == root && p.outcome == Err(reason));
-                    if !reported {
-                        observation.rejected.push((node_id.to_string(), reason));
-                    }
-                    continue;
-                }
+            let Ok(VerifiedRoot { cluster, claim, .. }) = verified else {
+                continue;
             };
-            // A node is a replica of its cluster only once it has a verified root;
-            // its liveness comes from its own signed stamp, never from heartbeats.
-            // A verified root is signed proof of life at its origin time too, so a
-            // cluster adopted before its first stamp arrives is not taken for dead.
-            let stamp = alive.and_then(|v| open_alive(v, node_id, &peer));
-            self.replicas.insert(
-                node_id.to_string(),
-                Replica {
-                    cluster: cluster.clone(),
-                    alive_ms: stamp.unwrap_or(0).max(claim.origin_ms),
-                    epoch: claim.epoch,
-                    role: claim.role,
-                },
-            );
             if claim.role == RootRole::Standby
                 || best
                     .get(&cluster)
@@ -399,9 +400,28 @@ impl Observer {
             }
             best.insert(cluster, (node_id, state, claim));
         }
-        // Nodes chitchat no longer knows are no replicas.
-        self.replicas.retain(|node, _| present.contains(node));
-        self.checked.retain(|node, _| present.contains(node));
+        // Generations chitchat no longer knows are forgotten. Every generation it
+        // still holds keeps what was learned of it: a new generation without a
+        // verified root (arriving, or forged by another peer under this node's id)
+        // neither hides the old one's stamps nor makes the cluster look withdrawn
+        // before its last signed stamp says so.
+        self.checked.retain(|key, _| present.contains(key));
+        self.replicas.clear();
+        for ((node_id, _), checked) in &self.checked {
+            let Some(replica) = &checked.replica else {
+                continue;
+            };
+            // Generations come in ascending order: the newest root decides the
+            // role and epoch; the freshest stamp of any of them, the liveness.
+            let merged = match self.replicas.get(node_id) {
+                Some(older) => Replica {
+                    alive_ms: older.alive_ms.max(replica.alive_ms),
+                    ..replica.clone()
+                },
+                None => replica.clone(),
+            };
+            self.replicas.insert(node_id.clone(), merged);
+        }
         for (cluster, (node_id, state, claim)) in best {
             let newer = self
                 .adopted
@@ -442,6 +462,14 @@ impl Observer {
             kept
         });
         dropped
+    }
+
+    /// Nodes whose current root is waiting for keys that have not all arrived.
+    pub fn awaiting_keys(&self) -> impl Iterator<Item = &str> {
+        self.checked
+            .iter()
+            .filter(|(_, c)| c.outcome == Err(RootRejection::Incomplete))
+            .map(|((node, _), _)| node.as_str())
     }
 
     /// The adopted export of every cluster seen so far.
@@ -499,7 +527,10 @@ mod tests {
             let rejected = {
                 let chitchat = handle.chitchat();
                 let guard = chitchat.lock().await;
-                let nodes = guard.node_states().iter().map(|(id, s)| (&*id.node_id, s));
+                let nodes = guard
+                    .node_states()
+                    .iter()
+                    .map(|(id, s)| (&*id.node_id, id.generation_id, s));
                 observer.observe(nodes, NOW * 1000).rejected
             };
             if done(observer, &rejected) {
