@@ -9,28 +9,17 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use common::mesh::*;
 use common::*;
 use fleetdns::app::App;
-use fleetdns::clock::{Clock, SystemClock};
+use fleetdns::clock::SystemClock;
 use fleetdns::config::Config;
 use fleetdns::dns::index::Readiness;
-use fleetdns::identity::{FleetName, issue_leaf, new_ca};
-use fleetdns::model::ClusterId;
-use hickory_proto::op::{Message, ResponseCode};
+use fleetdns::identity::FleetName;
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
 const CLUSTERS: [&str; 3] = ["east", "west", "central"];
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-fn services(cluster: &str, ip: &str) -> String {
-    format!(
-        "services:\n  - {{name: web, namespace: default, ports: [{{name: http, port: 80}}], ingress: [{ip}], endpoints: [{{address: 10.0.0.1}}]}}\n  - {{name: only-{cluster}, namespace: default, ingress: [{ip}], endpoints: [{{address: 10.0.0.2}}]}}\n"
-    )
-}
 
 /// Writes credentials, services files and configs for the three peers; returns the
 /// config paths.
@@ -43,34 +32,21 @@ fn write_fleet_with(
     mesh: &[SocketAddr; 3],
     max_stale: &str,
 ) -> Vec<std::path::PathBuf> {
-    let fleet = FleetName::parse("test").unwrap();
-    let now = SystemClock.unix_seconds();
-    let ca = new_ca(&fleet, now, 30).unwrap();
-    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    let fleet = FleetDir::new(dir);
     let mut paths = Vec::new();
     for (i, cluster) in CLUSTERS.iter().enumerate() {
-        let leaf = issue_leaf(&ca, &fleet, &ClusterId::parse(cluster).unwrap(), now, 30).unwrap();
-        std::fs::write(dir.join(format!("{cluster}.pem")), &leaf.cert_pem).unwrap();
-        std::fs::write(dir.join(format!("{cluster}.key")), &leaf.key_pem).unwrap();
-        std::fs::write(
-            dir.join(format!("{cluster}.yaml")),
-            services(cluster, &format!("192.0.2.{}", i + 1)),
-        )
-        .unwrap();
-        let seeds: Vec<String> = mesh
+        fleet.write_leaf("ca", cluster);
+        fleet.write_services(cluster, &format!("192.0.2.{}", i + 1));
+        let seeds: Vec<SocketAddr> = mesh
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, a)| format!("\"{a}\""))
+            .map(|(_, a)| *a)
             .collect();
-        let config = format!(
-            "fleet: test\ncluster: {cluster}\ndns: {{listen: [\"127.0.0.1:0\"], advertise: 127.0.0.1}}\nsource: {{file: {cluster}.yaml}}\nmesh:\n  listen: \"{listen}\"\n  seeds: [{seeds}]\n  cert: {cluster}.pem\n  key: {cluster}.key\n  trust_bundle: [ca.pem]\n  gossip_interval: 100ms\n  alive_interval: 200ms\n  clock_skew: 0s\n  max_stale: {max_stale}\n  rejoin_after: 1s\n  bootstrap_timeout: 1s\n",
-            listen = mesh[i],
-            seeds = seeds.join(", "),
-        );
-        let path = dir.join(format!("{cluster}-fleet.yaml"));
-        std::fs::write(&path, config).unwrap();
-        paths.push(path);
+        paths.push(fleet.write_config(&PeerConfig {
+            max_stale,
+            ..PeerConfig::new(cluster, mesh[i], &seeds)
+        }));
     }
     paths
 }
@@ -83,38 +59,6 @@ async fn start(path: &Path) -> App {
         .await
         .expect("peer ready");
     app
-}
-
-/// Queries until `ok` holds for the reply (with EDNS, so EDE is visible).
-async fn wait_reply(
-    dns: SocketAddr,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&Message) -> bool,
-) -> Message {
-    tokio::time::timeout(TIMEOUT, async {
-        loop {
-            let m = udp(dns, &Q::new(name, RecordType::A).edns(1232)).await;
-            if ok(&m) {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{name}: never {what}"))
-}
-
-fn ede(m: &Message) -> Option<u16> {
-    let edns = m.edns.as_ref()?;
-    edns.options().as_ref().iter().find_map(|(code, opt)| {
-        (u16::from(*code) == 15).then(|| match opt {
-            hickory_proto::rr::rdata::opt::EdnsOption::Unknown(_, data) if data.len() >= 2 => {
-                u16::from_be_bytes([data[0], data[1]])
-            }
-            _ => 0,
-        })
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,17 +11,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use common::mesh::{ede, fresh, services, wait_reply};
 use common::*;
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
 const CLUSTERS: [&str; 3] = ["east", "west", "central"];
 const EAST: usize = 0;
 const WEST: usize = 1;
 const CENTRAL: usize = 2;
-
-/// How long one UDP query may go unanswered before the poll asks again.
-const QUERY_WAIT: Duration = Duration::from_secs(2);
 
 fn fleetdns(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fleetdns"))
@@ -52,12 +50,6 @@ fn free_ports(n: usize) -> Vec<u16> {
         }
     }
     held.into_iter().map(|(port, _, _)| port).collect()
-}
-
-fn services(cluster: &str, ip: &str) -> String {
-    format!(
-        "services:\n  - {{name: web, namespace: default, ports: [{{name: http, port: 80}}], ingress: [{ip}], endpoints: [{{address: 10.0.0.1}}]}}\n  - {{name: only-{cluster}, namespace: default, ingress: [{ip}], endpoints: [{{address: 10.0.0.2}}]}}\n"
-    )
 }
 
 fn address(i: usize) -> String {
@@ -251,51 +243,6 @@ impl Drop for Fleet {
             }
         }
     }
-}
-
-/// Queries `name` (A, with EDNS so EDE is visible) at `dns` until `ok` holds for the
-/// reply; panics after [`TIMEOUT`] with the last reply.
-async fn wait_reply(
-    dns: SocketAddr,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&Message) -> bool,
-) -> Message {
-    let bytes = Q::new(name, RecordType::A).edns(1232).to_bytes();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let mut last = None;
-    loop {
-        if let Some(reply) = udp_raw(dns, &bytes, QUERY_WAIT).await {
-            let m = Message::from_vec(&reply).expect("reply decodes");
-            if ok(&m) {
-                return m;
-            }
-            last = Some(m);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} at {dns}: never {what}; last reply: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The INFO-CODE of the first Extended DNS Error option (RFC 8914), if any.
-fn ede(m: &Message) -> Option<u16> {
-    let edns = m.edns.as_ref()?;
-    edns.options().as_ref().iter().find_map(|(code, opt)| {
-        (u16::from(*code) == 15).then(|| match opt {
-            hickory_proto::rr::rdata::opt::EdnsOption::Unknown(_, data) if data.len() >= 2 => {
-                u16::from_be_bytes([data[0], data[1]])
-            }
-            _ => 0,
-        })
-    })
-}
-
-/// A fresh answer: NOERROR with exactly `ip` and no EDE.
-fn fresh(m: &Message, ip: &str) -> bool {
-    m.metadata.response_code == ResponseCode::NoError && answers(m) == vec![ip] && ede(m).is_none()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 //! (hickory-proto messages on tokio UDP/TCP sockets).
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
