@@ -155,6 +155,8 @@ struct Sim {
     leaves: Mutex<BTreeMap<String, Leaf>>,
     transport: FaultyTransport,
     clock: Arc<VirtualClock>,
+    /// Peers' anti-entropy interval (fast by default).
+    gossip_interval: Duration,
 }
 
 /// One running peer.
@@ -190,7 +192,7 @@ fn local_state(cluster: &str, exports: LocalExports) -> FileSourceState {
 }
 
 /// Fast settings (DESIGN.md §7): everything scaled down, the rules unchanged.
-fn mesh_config(port: u16, seeds: &[u16]) -> MeshConfig {
+fn mesh_config(port: u16, seeds: &[u16], gossip_interval: Duration) -> MeshConfig {
     MeshConfig {
         listen: addr(port),
         advertise: addr(port),
@@ -198,7 +200,7 @@ fn mesh_config(port: u16, seeds: &[u16]) -> MeshConfig {
         cert: PathBuf::new(),
         key: PathBuf::new(),
         trust_bundle: Vec::new(),
-        gossip_interval: Duration::from_millis(100),
+        gossip_interval,
         alive_interval: Duration::from_millis(500),
         clock_skew: Duration::ZERO,
         max_stale: Duration::from_secs(5),
@@ -222,6 +224,7 @@ impl Sim {
             clock: Arc::new(VirtualClock {
                 start: Instant::now(),
             }),
+            gossip_interval: Duration::from_millis(100),
         }
     }
 
@@ -252,7 +255,7 @@ impl Sim {
         let metrics = MeshMetrics::register(&mut registry);
         let cancel = CancellationToken::new();
         let params = MeshParams {
-            config: mesh_config(port, seeds),
+            config: mesh_config(port, seeds, self.gossip_interval),
             fleet: self.fleet.clone(),
             cluster: cluster_id(cluster),
             node_id: node_id.to_string(),
@@ -760,13 +763,15 @@ async fn one_replica_publishes_and_another_takes_over_without_the_cluster_leavin
     })
     .await;
     assert!(published.is_ok(), "east/1 never published on its own");
-    for other in [25_000, 25_002] {
-        sim.transport.heal(addr(25_001), addr(other)).await;
-    }
+    // Linked to west while east/0 is not: west adopts east/1's root, and east/0 can
+    // outrank it only once it is linked again.
+    sim.transport.cut(addr(25_000), addr(25_002)).await;
+    sim.transport.heal(addr(25_001), addr(25_002)).await;
     west.wait("adopted east/1's higher epoch", |v| {
         names(v, "east") == Some(set(&["web", "from-1"]))
     })
     .await;
+    sim.transport.heal(addr(25_000), addr(25_002)).await;
     west.wait("adopted east/0's export", |v| {
         names(v, "east") == Some(set(&["web", "from-0"]))
     })
@@ -859,4 +864,49 @@ async fn a_cluster_with_a_live_node_but_no_adopted_root_is_pending_not_absent() 
     north.shutdown().await.unwrap();
     west.wait("dropped north", |v| seen(v, "north").is_none())
         .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_is_pushed_to_every_peer_long_before_the_next_gossip_round() {
+    // Anti-entropy every 5 s: only gossip-on-change can bring a change to all of six
+    // peers within a second.
+    let sim = Sim {
+        gossip_interval: Duration::from_secs(5),
+        ..Sim::new()
+    };
+    let clusters = ["east", "west", "central", "north", "south", "polar"];
+    let mut peers = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        let seeds: Vec<u16> = (0..i as u16).map(|j| 27_000 + j).collect();
+        let ex = exports(c, &[(&format!("only-{c}"), "192.0.2.1")]);
+        peers.push(
+            sim.start(&format!("{c}/0"), 27_000 + i as u16, &seeds, ex)
+                .await,
+        );
+    }
+    for peer in &mut peers {
+        peer.wait("converged", |v| {
+            clusters.iter().all(|c| names(v, c).is_some())
+        })
+        .await;
+    }
+    // Past the burst of first sights: every peer has pushed and settled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let changed_at = Instant::now();
+    peers[0].local.send_replace(local_state(
+        "east",
+        exports("east", &[("only-east", "192.0.2.1"), ("new", "192.0.2.1")]),
+    ));
+    for peer in &mut peers[1..] {
+        peer.wait("adopted east's change", |v| {
+            names(v, "east") == Some(set(&["only-east", "new"]))
+        })
+        .await;
+    }
+    let took = changed_at.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a change took {took:?} to reach every peer (anti-entropy alone: one 5 s round per hop)"
+    );
 }

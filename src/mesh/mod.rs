@@ -3,7 +3,8 @@
 //! state machine (all pure); the transport that carries chitchat 0.11.1 over TCP
 //! streams in frames; the publisher and observer that write and adopt exports in
 //! chitchat node states; the running node (observe loop, alive stamps, publisher
-//! election, gossip supervision) and its metrics. mTLS and gossip-on-change come next.
+//! election, gossip supervision, gossip-on-change) and its metrics; mutual TLS for
+//! every connection.
 
 pub mod codec;
 pub mod frame;
@@ -11,5 +12,6 @@ pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod push;
 pub mod tls;
 pub mod transport;

@@ -6,15 +6,16 @@
 //! adopts other clusters' verified exports, runs the liveness state machine and hands
 //! the result to the snapshot publisher as [`SourceView`]s.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chitchat::transport::Transport;
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, Serializable,
-    spawn_chitchat,
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ListenerHandle, NodeState,
+    Serializable, spawn_chitchat,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -24,6 +25,7 @@ use super::codec::{ROOT_KEY, RootRejection, RootRole, node_cluster};
 use super::liveness::{self, LivenessSettings, Tracked};
 use super::metrics::MeshMetrics;
 use super::peer::{Observer, PeerIdentity, Publisher};
+use super::push::Pusher;
 use super::tls::MeshTls;
 use super::transport::{StreamTransport, TransportSettings};
 use crate::clock::Clock;
@@ -252,7 +254,8 @@ pub async fn spawn(
         publisher,
         observer,
         trackers: BTreeMap::new(),
-        judged: HashSet::new(),
+        sightings: HashMap::new(),
+        pusher: Pusher::default(),
         pending_exports: BTreeMap::new(),
         started: Instant::now(),
         was_ready: false,
@@ -271,6 +274,12 @@ fn identity(params: &MeshParams, credentials: &Credentials) -> PeerIdentity {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Sighting {
+    first_seen: Instant,
+    judged: bool,
+}
+
 /// The running peer: the one owner of its chitchat handle, publisher, observer and
 /// cluster trackers.
 struct Node {
@@ -286,8 +295,9 @@ struct Node {
     observer: Observer,
     settings: LivenessSettings,
     trackers: BTreeMap<ClusterId, Tracked>,
-    /// Node ids chitchat has reported live at least once.
-    judged: HashSet<String>,
+    /// When each node id was first seen, and whether chitchat has reported it live.
+    sightings: HashMap<String, Sighting>,
+    pusher: Pusher,
     /// The empty export of each pending cluster (see `build_view`).
     pending_exports: BTreeMap<ClusterId, Arc<LocalExports>>,
     started: Instant,
@@ -303,6 +313,8 @@ impl Node {
         let mut reload = tokio::time::interval(self.params.config.reload_interval);
         reload.tick().await;
         let mut terminated = Box::pin(self.handle.termination_watcher());
+        let (wake_tx, mut wake) = tokio::sync::mpsc::channel(1);
+        let mut _listener = self.wake_on_roots(&wake_tx).await;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -323,15 +335,28 @@ impl Node {
                         break;
                     }
                     terminated = Box::pin(self.handle.termination_watcher());
+                    _listener = self.wake_on_roots(&wake_tx).await;
                     continue;
                 }
                 _ = observe.tick() => {}
+                Some(()) = wake.recv() => {}
             }
             self.observe().await;
         }
         if let Err(e) = self.handle.shutdown().await {
             tracing::warn!(error = %e, "mesh shutdown");
         }
+    }
+
+    /// Wakes the loop as soon as chitchat applies a changed `m:root`, instead of at
+    /// the next tick. The callback runs under chitchat's lock: it only pokes.
+    async fn wake_on_roots(&self, wake: &tokio::sync::mpsc::Sender<()>) -> ListenerHandle {
+        let wake = wake.clone();
+        let chitchat = self.handle.chitchat();
+        let guard = chitchat.lock().await;
+        guard.subscribe_event(ROOT_KEY, move |_| {
+            let _ = wake.try_send(());
+        })
     }
 
     /// Starts a new gossip task with a new generation: peers replace everything they
@@ -513,14 +538,27 @@ impl Node {
         self.metrics
             .set_members(reported_live.len(), guard.dead_nodes().count());
         // chitchat reports a node it just learned of as dead until it has two
-        // heartbeats from it. Until chitchat has once reported a node live, its
-        // signed stamp alone decides, so a newly seen cluster is not served stale.
-        self.judged.extend(reported_live.iter().cloned());
+        // heartbeats from it. Until chitchat has once reported a node live (for at
+        // most one stamp lifetime), its signed stamp alone decides, so a newly seen
+        // cluster is not served stale.
         let known: HashSet<&str> = guard.node_states().keys().map(|id| &*id.node_id).collect();
-        self.judged.retain(|node| known.contains(node.as_str()));
+        self.sightings.retain(|node, _| known.contains(node.as_str()));
+        let now = Instant::now();
+        let grace = self.settings.stamp_lifetime();
         let live: HashSet<String> = known
             .iter()
-            .filter(|node| reported_live.contains(**node) || !self.judged.contains(**node))
+            .filter(|node| {
+                let sighting = self
+                    .sightings
+                    .entry(node.to_string())
+                    .or_insert(Sighting {
+                        first_seen: now,
+                        judged: false,
+                    });
+                sighting.judged |= reported_live.contains(**node);
+                reported_live.contains(**node)
+                    || (!sighting.judged && now.duration_since(sighting.first_seen) < grace)
+            })
             .map(|node| node.to_string())
             .collect();
         self.metrics
@@ -549,6 +587,25 @@ impl Node {
             tracing::info!(%cluster, node = %adopted.node_id, epoch = adopted.claim.epoch, seq = adopted.claim.seq, role = ?adopted.claim.role, "adopted a new export");
         }
         self.elect(guard.self_node_state(), &live, now_ms);
+        // Gossip-on-change: a new export version anywhere (ours included) goes to a
+        // few live peers now rather than at their next round.
+        let roots = guard
+            .node_states()
+            .iter()
+            .filter_map(|(id, s)| Some((&*id.node_id, id.generation_id, s.get(ROOT_KEY)?)));
+        let push_to = if self.pusher.roots_changed(roots) {
+            let me = guard.self_chitchat_id().gossip_advertise_addr;
+            let peers: Vec<SocketAddr> = guard
+                .node_states()
+                .keys()
+                .filter(|id| live.contains(&*id.node_id))
+                .map(|id| id.gossip_advertise_addr)
+                .filter(|addr| *addr != me)
+                .collect();
+            self.pusher.targets(&peers, Instant::now())
+        } else {
+            Vec::new()
+        };
         let mut waiting_roots: Vec<String> = guard
             .node_states()
             .iter()
@@ -575,6 +632,11 @@ impl Node {
             .keys()
             .any(|id| *id.node_id != self.params.node_id);
         drop(guard);
+        for peer in push_to {
+            if let Err(e) = self.handle.gossip(peer) {
+                tracing::debug!(%peer, error = %e, "gossip-on-change not sent");
+            }
+        }
         if !met_a_peer && !self.params.config.seeds.is_empty() {
             waiting_roots.push("a first exchange with a mesh peer".into());
         }
