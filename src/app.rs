@@ -48,6 +48,8 @@ impl Default for StartOptions {
 /// A running peer.
 pub struct App {
     pub dns_addrs: Vec<SocketAddr>,
+    /// DNS-over-TLS addresses (`dns.tls_listen`), if any.
+    pub dot_addrs: Vec<SocketAddr>,
     pub ops_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     snapshot: SharedSnapshot,
@@ -91,8 +93,13 @@ impl App {
             .map(|_| MeshMetrics::register(metrics.registry_mut()));
         let metrics = Arc::new(metrics);
 
-        let dns = BoundDns::bind(&config.dns.listen, config.dns.udp_workers).await?;
+        let mut dns = BoundDns::bind(&config.dns.listen, config.dns.udp_workers).await?;
+        if let Some(tls) = &config.dns.tls {
+            let server = crate::dns::dot::server_config(&tls.cert, &tls.key)?;
+            dns.bind_tls(&tls.listen, server).await?;
+        }
         let dns_addrs = dns.local_addrs();
+        let dot_addrs = dns.tls_addrs();
         let mut tasks = JoinSet::new();
         // Dropping the JoinSet aborts tasks but not the UDP worker threads: if starting
         // fails from here on, cancel so that they stop and release their sockets.
@@ -172,10 +179,11 @@ impl App {
             cancel.clone(),
         ));
         let ops_text = ops_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
-        tracing::info!(dns = ?dns_addrs, ops = %ops_text, cluster = %config.cluster, zone = %config.zone.as_str(), "fleetdns serving");
+        tracing::info!(dns = ?dns_addrs, dot = ?dot_addrs, ops = %ops_text, cluster = %config.cluster, zone = %config.zone.as_str(), "fleetdns serving");
         stop_on_error.disarm();
         Ok(Self {
             dns_addrs,
+            dot_addrs,
             ops_addr,
             metrics,
             snapshot,

@@ -148,6 +148,18 @@ pub struct DnsConfig {
     pub max_tcp_per_client: usize,
     /// UDP worker threads (one SO_REUSEPORT socket each) per `listen` address, on Linux.
     pub udp_workers: usize,
+    /// DNS over TLS (RFC 7858), when `dns.tls_listen` is set.
+    pub tls: Option<DnsTlsConfig>,
+}
+
+/// `dns.tls_listen`, `dns.tls_cert`, `dns.tls_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsTlsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM PKCS#8 key.
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,6 +292,12 @@ struct RawDns {
     max_tcp_per_client: Option<usize>,
     #[serde(default)]
     udp_workers: Option<usize>,
+    #[serde(default)]
+    tls_listen: Option<Vec<String>>,
+    #[serde(default)]
+    tls_cert: Option<String>,
+    #[serde(default)]
+    tls_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -368,7 +386,18 @@ impl Config {
             }
         }
 
-        let dns = parse_dns(&raw.dns, &invalid)?;
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let dns = DnsConfig {
+            tls: parse_dns_tls(&raw.dns, &resolve, &invalid)?,
+            ..parse_dns(&raw.dns, &invalid)?
+        };
         let ops_listen = raw
             .ops
             .map(|o| {
@@ -378,14 +407,6 @@ impl Config {
             })
             .transpose()?;
 
-        let resolve = |p: &str| {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
         let source = match (raw.source.file, raw.source.files) {
             (Some(f), None) => SourceConfig::File(resolve(&f)),
             (None, Some(files)) => {
@@ -646,7 +667,55 @@ fn parse_dns(
         max_tcp_connections: positive("dns.max_tcp_connections", raw.max_tcp_connections, 256)?,
         max_tcp_per_client: positive("dns.max_tcp_per_client", raw.max_tcp_per_client, 16)?,
         udp_workers,
+        tls: None,
     })
+}
+
+fn parse_dns_tls(
+    raw: &RawDns,
+    resolve: &impl Fn(&str) -> PathBuf,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Option<DnsTlsConfig>, ConfigError> {
+    let (listen, cert, key) = match (&raw.tls_listen, &raw.tls_cert, &raw.tls_key) {
+        (None, None, None) => return Ok(None),
+        (Some(listen), Some(cert), Some(key)) => (listen, cert, key),
+        (None, _, _) => {
+            return Err(invalid(
+                "dns.tls_listen",
+                "is required with dns.tls_cert and dns.tls_key".into(),
+            ));
+        }
+        (Some(_), None, _) => {
+            return Err(invalid(
+                "dns.tls_cert",
+                "is required with dns.tls_listen".into(),
+            ));
+        }
+        (Some(_), Some(_), None) => {
+            return Err(invalid(
+                "dns.tls_key",
+                "is required with dns.tls_listen".into(),
+            ));
+        }
+    };
+    if listen.is_empty() {
+        return Err(invalid(
+            "dns.tls_listen",
+            "must name at least one HOST:PORT".into(),
+        ));
+    }
+    let listen = listen
+        .iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| invalid("dns.tls_listen", format!("{s:?} is not HOST:PORT")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Some(DnsTlsConfig {
+        listen,
+        cert: resolve(cert),
+        key: resolve(key),
+    }))
 }
 
 #[cfg(test)]
@@ -725,6 +794,38 @@ mod tests {
     }
 
     #[test]
+    fn dns_over_tls_needs_listen_cert_and_key_together() {
+        let base = "fleet: f\ncluster: east\nsource: {file: s}\n";
+        let c = parse(&format!(
+            "{base}dns: {{tls_listen: [\"127.0.0.1:853\"], tls_cert: d.pem, tls_key: d.key}}\n"
+        ))
+        .unwrap();
+        let tls = c.dns.tls.unwrap();
+        assert_eq!(tls.listen, vec!["127.0.0.1:853".parse().unwrap()]);
+        assert_eq!(tls.key, PathBuf::from("/etc/fleetdns/d.key"));
+        for (dns, needle) in [
+            (
+                "tls_listen: [\"127.0.0.1:853\"], tls_key: d.key",
+                "dns.tls_cert",
+            ),
+            (
+                "tls_listen: [\"127.0.0.1:853\"], tls_cert: d.pem",
+                "dns.tls_key",
+            ),
+            ("tls_cert: d.pem, tls_key: d.key", "dns.tls_listen"),
+            (
+                "tls_listen: [nope], tls_cert: d.pem, tls_key: d.key",
+                "\"nope\"",
+            ),
+        ] {
+            let err = parse(&format!("{base}dns: {{{dns}}}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{dns}: {err}");
+        }
+    }
+
+    #[test]
     fn mesh_settings_are_checked() {
         let base = "fleet: f\ncluster: east\nsource: {file: s}\n";
         let mesh =
@@ -734,7 +835,11 @@ mod tests {
         assert_eq!(m.advertise, "127.0.0.1:7950".parse().unwrap());
         assert_eq!(m.max_stale, Duration::from_secs(60));
         assert_eq!(m.cert, PathBuf::from("/etc/fleetdns/e.pem"));
+        assert_eq!(m.max_connection_age, Duration::from_secs(600));
+        assert!(m.revoked_clusters.is_empty());
         for (extra, needle) in [
+            (", revoked_clusters: [Bad_Name]", "mesh.revoked_clusters"),
+            (", max_connection_age: 0s", "mesh.max_connection_age"),
             (", max_stale: 5s", "mesh.max_stale"),
             (", max_stale: 1h", "mesh.max_stale"),
             (", gossip_interval: 0s", "mesh.gossip_interval"),

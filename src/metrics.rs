@@ -112,16 +112,19 @@ const fn rcode_index(rcode: u16) -> usize {
 pub enum Transport {
     Udp,
     Tcp,
+    /// DNS over TLS (RFC 7858).
+    Tls,
 }
 
 impl Transport {
-    const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+    const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
 
-    /// The label value: `udp` or `tcp`.
+    /// The label value: `udp`, `tcp` or `tls`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 
@@ -129,6 +132,7 @@ impl Transport {
         match self {
             Transport::Udp => 0,
             Transport::Tcp => 1,
+            Transport::Tls => 2,
         }
     }
 }
@@ -263,6 +267,18 @@ pub struct DnsCounts {
 }
 
 impl DnsCounts {
+    fn add(&mut self, other: &DnsCounts) {
+        for (sum_row, row) in self.queries.iter_mut().zip(&other.queries) {
+            for (s, v) in sum_row.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+        self.truncated += other.truncated;
+        self.tcp_capped += other.tcp_capped;
+        self.malformed += other.malformed;
+        self.dropped += other.dropped;
+    }
+
     /// Queries in the (qtype, rcode) bucket that `qtype`/`rcode` map to; an
     /// unlisted value reads its `OTHER` bucket.
     pub fn queries(&self, qtype: u16, rcode: u16) -> u64 {
@@ -292,8 +308,8 @@ struct DnsCollector {
 
 impl DnsCollector {
     /// Per-transport sums, indexed by [`Transport::index`].
-    fn totals(workers: &Mutex<Vec<Arc<WorkerStats>>>) -> [DnsCounts; 2] {
-        let mut totals = [DnsCounts::default(); 2];
+    fn totals(workers: &Mutex<Vec<Arc<WorkerStats>>>) -> [DnsCounts; 3] {
+        let mut totals = [DnsCounts::default(); 3];
         for worker in lock(workers).iter() {
             worker.add_to(&mut totals[worker.transport.index()]);
         }
@@ -322,7 +338,10 @@ pub(crate) fn encode_labelled_counter(
 impl Collector for DnsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let per_transport = Self::totals(&self.workers);
-        let [udp, tcp] = per_transport;
+        let mut all = DnsCounts::default();
+        for counts in &per_transport {
+            all.add(counts);
+        }
 
         {
             let mut metric = encoder.encode_descriptor(
@@ -333,7 +352,7 @@ impl Collector for DnsCollector {
             )?;
             for (q, qtype) in QTYPE_LABELS.iter().enumerate() {
                 for (r, rcode) in RCODE_LABELS.iter().enumerate() {
-                    let value = udp.queries[q][r] + tcp.queries[q][r];
+                    let value = all.queries[q][r];
                     encode_labelled_counter(
                         &mut metric,
                         &[("qtype", qtype), ("rcode", rcode)],
@@ -346,13 +365,13 @@ impl Collector for DnsCollector {
             &mut encoder,
             "dns_responses_truncated",
             "UDP responses sent with the TC bit set.",
-            udp.truncated + tcp.truncated,
+            all.truncated,
         )?;
         encode_counter(
             &mut encoder,
             "dns_tcp_answers_capped",
             "TCP answers that dropped records to fit 65535 octets.",
-            udp.tcp_capped + tcp.tcp_capped,
+            all.tcp_capped,
         )?;
         {
             let mut metric = encoder.encode_descriptor(
@@ -542,16 +561,10 @@ impl Metrics {
 
     /// The DNS-path counters summed over every worker (of both transports).
     pub fn dns_totals(&self) -> DnsCounts {
-        let [mut sum, tcp] = DnsCollector::totals(&self.workers);
-        for (sum_row, row) in sum.queries.iter_mut().zip(&tcp.queries) {
-            for (s, v) in sum_row.iter_mut().zip(row) {
-                *s += v;
-            }
+        let mut sum = DnsCounts::default();
+        for counts in &DnsCollector::totals(&self.workers) {
+            sum.add(counts);
         }
-        sum.truncated += tcp.truncated;
-        sum.tcp_capped += tcp.tcp_capped;
-        sum.malformed += tcp.malformed;
-        sum.dropped += tcp.dropped;
         sum
     }
 

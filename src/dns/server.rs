@@ -13,9 +13,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::dns::index::{Outcome, ReplySettings, Transport};
@@ -42,6 +43,9 @@ type UdpSockets = tokio::net::UdpSocket;
 pub struct BoundDns {
     tcp: Vec<TcpListener>,
     udp: Vec<UdpSockets>,
+    /// DNS over TLS listeners and their acceptor (`dns.tls_listen`).
+    tls: Vec<TcpListener>,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl BoundDns {
@@ -80,7 +84,37 @@ impl BoundDns {
                 }
             }
         }
-        Ok(Self { tcp, udp })
+        Ok(Self {
+            tcp,
+            udp,
+            tls: Vec::new(),
+            tls_config: None,
+        })
+    }
+
+    /// Binds the DNS-over-TLS listeners; their connections are served like TCP ones
+    /// after the handshake.
+    pub async fn bind_tls(
+        &mut self,
+        listen: &[SocketAddr],
+        config: Arc<rustls::ServerConfig>,
+    ) -> io::Result<()> {
+        for addr in listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("dns.tls_listen {addr}: {e}")))?;
+            self.tls.push(listener);
+        }
+        self.tls_config = Some(config);
+        Ok(())
+    }
+
+    /// The bound DNS-over-TLS addresses.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The bound addresses (UDP and TCP share each one).
@@ -116,14 +150,22 @@ impl BoundDns {
                 tasks,
             )?;
         }
-        for listener in self.tcp {
-            let stats = metrics.dns_worker(metrics::Transport::Tcp);
+        let plain = self.tcp.into_iter().map(|l| (l, None));
+        let acceptor = self.tls_config.map(TlsAcceptor::from);
+        let tls = self.tls.into_iter().map(|l| (l, acceptor.clone()));
+        for (listener, acceptor) in plain.chain(tls) {
+            let transport = if acceptor.is_some() {
+                metrics::Transport::Tls
+            } else {
+                metrics::Transport::Tcp
+            };
             tasks.spawn(tcp_accept_loop(
                 listener,
+                acceptor,
                 snapshot.clone(),
                 settings,
                 limits,
-                stats,
+                metrics.dns_worker(transport),
                 metrics.clone(),
                 cancel.clone(),
             ));
@@ -275,8 +317,10 @@ impl Drop for Slot {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn tcp_accept_loop(
     listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
     snapshot: SharedSnapshot,
     settings: ReplySettings,
     limits: TcpLimits,
@@ -325,71 +369,101 @@ async fn tcp_accept_loop(
             client: peer.ip(),
         };
         let guard = metrics.tcp_connection();
-        connections.spawn(serve_tcp(
-            stream,
-            snapshot.clone(),
+        let _ = stream.set_nodelay(true);
+        let serve = Serve {
+            snapshot: snapshot.clone(),
             settings,
-            limits.idle_timeout,
-            stats.clone(),
-            cancel.clone(),
-            (slot, guard),
-        ));
+            idle_timeout: limits.idle_timeout,
+            stats: stats.clone(),
+            cancel: cancel.clone(),
+        };
+        let acceptor = acceptor.clone();
+        connections.spawn(async move {
+            let _release_on_drop = (slot, guard);
+            match acceptor {
+                None => serve.connection(stream).await,
+                Some(acceptor) => {
+                    // A client that does not finish its handshake in time is dropped
+                    // like an idle one.
+                    let handshake =
+                        tokio::time::timeout(serve.idle_timeout, acceptor.accept(stream));
+                    let tls = tokio::select! {
+                        _ = serve.cancel.cancelled() => return,
+                        r = handshake => r,
+                    };
+                    if let Ok(Ok(tls)) = tls {
+                        serve.connection(tls).await;
+                    }
+                }
+            }
+        });
     }
     // Drain: connections finish the query in hand and close.
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_tcp<G>(
-    mut stream: TcpStream,
+/// What serving one stream connection needs.
+struct Serve {
     snapshot: SharedSnapshot,
     settings: ReplySettings,
     idle_timeout: Duration,
     stats: Arc<WorkerStats>,
     cancel: CancellationToken,
-    _release_on_drop: G,
-) {
-    let _ = stream.set_nodelay(true);
-    let mut packet = vec![0u8; 65_535];
-    let mut reply = Vec::with_capacity(4096);
-    let mut framed = Vec::with_capacity(4096);
-    loop {
-        let mut len_buf = [0u8; 2];
-        let read = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(idle_timeout, stream.read_exact(&mut len_buf)) => r,
-        };
-        match read {
-            Ok(Ok(_)) => {}
-            // Idle timeout, EOF or reset: close.
-            _ => return,
-        }
-        let len = usize::from(u16::from_be_bytes(len_buf));
-        // A message announced but not delivered within the idle timeout is abandoned.
-        match tokio::time::timeout(idle_timeout, stream.read_exact(&mut packet[..len])).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
-        let snap = snapshot.load();
-        let outcome = snap.index.respond(
-            snap.readiness,
+}
+
+impl Serve {
+    /// Answers length-prefixed queries (RFC 7766; RFC 7858 inside TLS) until the
+    /// client closes, idles out, or the server stops.
+    async fn connection<S: AsyncRead + AsyncWrite + Unpin>(self, mut stream: S) {
+        let Self {
+            snapshot,
             settings,
-            &packet[..len],
-            Transport::Tcp,
-            &mut reply,
-        );
-        count(&stats, &outcome);
-        if !outcome.replied {
-            continue;
-        }
-        framed.clear();
-        framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&reply);
-        // A client that stops reading stalls this write once the socket buffers are
-        // full; without a bound it would hold its connection slot (and the drain on
-        // shutdown) forever.
-        match tokio::time::timeout(idle_timeout, stream.write_all(&framed)).await {
-            Ok(Ok(())) => {}
-            _ => return,
+            idle_timeout,
+            stats,
+            cancel,
+        } = self;
+        let mut packet = vec![0u8; 65_535];
+        let mut reply = Vec::with_capacity(4096);
+        let mut framed = Vec::with_capacity(4096);
+        loop {
+            let mut len_buf = [0u8; 2];
+            let read = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = tokio::time::timeout(idle_timeout, stream.read_exact(&mut len_buf)) => r,
+            };
+            match read {
+                Ok(Ok(_)) => {}
+                // Idle timeout, EOF or reset: close.
+                _ => return,
+            }
+            let len = usize::from(u16::from_be_bytes(len_buf));
+            // A message announced but not delivered within the idle timeout is abandoned.
+            match tokio::time::timeout(idle_timeout, stream.read_exact(&mut packet[..len])).await {
+                Ok(Ok(_)) => {}
+                _ => return,
+            }
+            let snap = snapshot.load();
+            let outcome = snap.index.respond(
+                snap.readiness,
+                settings,
+                &packet[..len],
+                Transport::Tcp,
+                &mut reply,
+            );
+            count(&stats, &outcome);
+            if !outcome.replied {
+                continue;
+            }
+            framed.clear();
+            framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+            framed.extend_from_slice(&reply);
+            // A client that stops reading stalls this write once the socket buffers are
+            // full; without a bound it would hold its connection slot (and the drain on
+            // shutdown) forever.
+            match tokio::time::timeout(idle_timeout, stream.write_all(&framed)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
         }
     }
 }

@@ -542,19 +542,17 @@ impl Node {
         // most one stamp lifetime), its signed stamp alone decides, so a newly seen
         // cluster is not served stale.
         let known: HashSet<&str> = guard.node_states().keys().map(|id| &*id.node_id).collect();
-        self.sightings.retain(|node, _| known.contains(node.as_str()));
+        self.sightings
+            .retain(|node, _| known.contains(node.as_str()));
         let now = Instant::now();
         let grace = self.settings.stamp_lifetime();
         let live: HashSet<String> = known
             .iter()
             .filter(|node| {
-                let sighting = self
-                    .sightings
-                    .entry(node.to_string())
-                    .or_insert(Sighting {
-                        first_seen: now,
-                        judged: false,
-                    });
+                let sighting = self.sightings.entry(node.to_string()).or_insert(Sighting {
+                    first_seen: now,
+                    judged: false,
+                });
                 sighting.judged |= reported_live.contains(**node);
                 reported_live.contains(**node)
                     || (!sighting.judged && now.duration_since(sighting.first_seen) < grace)
