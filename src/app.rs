@@ -367,6 +367,16 @@ fn load_all(config: &Config) -> anyhow::Result<BTreeMap<crate::model::ClusterId,
 pub fn check(path: &std::path::Path) -> anyhow::Result<CheckSummary> {
     let config = Config::load(path)?;
     let inputs = load_all(&config)?;
+    if let Some(mesh) = &config.mesh {
+        // The credentials must be ones peers will accept, as `run` requires.
+        let params = crate::mesh::node::MeshParams {
+            config: mesh.clone(),
+            fleet: crate::identity::FleetName::parse(&config.fleet)?,
+            cluster: config.cluster.clone(),
+            node_id: format!("{}/0", config.cluster),
+        };
+        crate::mesh::node::Credentials::load(&params, SystemClock.unix_seconds())?;
+    }
     let lines = inputs
         .iter()
         .map(|(id, input)| format!("cluster {id}: {} services", input.exports.services.len()))
@@ -397,7 +407,7 @@ pub struct KeygenReport {
 }
 
 /// Writes a private key readable by its owner only.
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -468,10 +478,22 @@ pub fn keygen(
             ca_key.display()
         ),
     };
+    if let Some(other) = crate::identity::ca_fleet(&ca.cert_pem)?
+        && other != fleet.as_str()
+    {
+        anyhow::bail!(
+            "{} is the CA of fleet {other:?}, not of {:?}: use another --out directory",
+            ca_cert.display(),
+            fleet.as_str()
+        );
+    }
+    // A bundle may hold an old and a new CA during a rotation: never overwrite it.
     let bundle = out.join("trust-bundle.pem");
-    std::fs::write(&bundle, &ca.cert_pem)
-        .with_context(|| format!("writing {}", bundle.display()))?;
-    files.push(bundle);
+    if !bundle.exists() {
+        std::fs::write(&bundle, &ca.cert_pem)
+            .with_context(|| format!("writing {}", bundle.display()))?;
+        files.push(bundle);
+    }
     for id in &ids {
         let leaf = issue_leaf(&ca, &fleet, id, unix_now, days).with_context(|| {
             format!("issuing the {id} certificate (is ca.pem/ca.key a fleetdns CA?)")

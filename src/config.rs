@@ -162,7 +162,7 @@ pub struct DnsTlsConfig {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub fleet: String,
     pub cluster: ClusterId,
@@ -177,7 +177,7 @@ pub struct Config {
 }
 
 /// The mesh (DESIGN.md §4): where this peer gossips, with whom, and its credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshConfig {
     pub listen: SocketAddr,
     /// The address other peers reach this one at.
@@ -200,6 +200,9 @@ pub struct MeshConfig {
     pub revoked_clusters: std::collections::BTreeSet<ClusterId>,
     /// How often `cert`, `key` and `trust_bundle` are read again for changes.
     pub reload_interval: Duration,
+    /// chitchat's failure-detector threshold: lower notices a dead peer sooner and
+    /// risks calling a slow one dead.
+    pub phi_threshold: f64,
 }
 
 /// chitchat forgets a dead node after this; `max_stale` must stay well below it.
@@ -234,6 +237,8 @@ struct RawMesh {
     revoked_clusters: Vec<String>,
     #[serde(default)]
     reload_interval: Option<String>,
+    #[serde(default)]
+    phi_threshold: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -540,6 +545,16 @@ fn parse_mesh(
             &raw.reload_interval,
             Duration::from_secs(5),
         )?,
+        phi_threshold: match raw.phi_threshold {
+            None => 8.0,
+            Some(phi) if (1.0..=32.0).contains(&phi) => phi,
+            Some(phi) => {
+                return Err(invalid(
+                    "mesh.phi_threshold",
+                    format!("{phi} must be between 1 and 32"),
+                ));
+            }
+        },
     };
     if mesh.max_connection_age.is_zero() || mesh.reload_interval.is_zero() {
         return Err(invalid(

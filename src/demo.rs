@@ -66,7 +66,7 @@ pub fn files(unix_now: u64) -> anyhow::Result<DemoFiles> {
         let id = crate::model::ClusterId::parse(cluster)?;
         let leaf = issue_leaf(&ca, &fleet, &id, unix_now, 30)?;
         std::fs::write(work_dir.join(format!("{cluster}.pem")), &leaf.cert_pem)?;
-        std::fs::write(work_dir.join(format!("{cluster}.key")), &leaf.key_pem)?;
+        crate::app::write_private(&work_dir.join(format!("{cluster}.key")), &leaf.key_pem)?;
         let seeds: Vec<String> = PEERS
             .iter()
             .filter(|p| p.0 != cluster)

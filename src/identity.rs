@@ -307,6 +307,23 @@ impl FleetTrust {
     }
 }
 
+/// The fleet a CA certificate made by [`new_ca`] is for (from its common name), or
+/// `None` for a CA made otherwise.
+pub fn ca_fleet(cert_pem: &str) -> Result<Option<String>, IdentityError> {
+    let der = pem_ders(cert_pem, "CERTIFICATE")?.remove(0);
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return Err(IdentityError::Pem("not an X.509 certificate".into()));
+    };
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok());
+    Ok(name
+        .and_then(|n| n.strip_prefix("fleetdns CA "))
+        .map(str::to_string))
+}
+
 /// A certificate chain (leaf first) and its PKCS#8 key as DER, for a TLS config.
 pub fn chain_and_key_der(
     chain_pem: &str,

@@ -110,6 +110,9 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         // Colours only on a terminal: log files and collectors get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr (a log shipper that died) must not panic the task that
+        // logged, e.g. the one that stops us on SIGTERM.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -247,7 +247,10 @@ fn keygen_makes_a_ca_and_leaves_that_name_their_cluster() {
         ca
     );
 
-    // A later run reuses the CA for a new cluster, and never overwrites a leaf.
+    // A later run reuses the CA for a new cluster, and never overwrites a leaf or
+    // the bundle (which may hold a second CA during a rotation).
+    let rotated = format!("{ca}# and a new CA would follow here\n");
+    std::fs::write(out.join("trust-bundle.pem"), &rotated).unwrap();
     let o = run(&["keygen", "--fleet", "prod", "--out", out_s, "central"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("reused the fleet CA"));
@@ -261,6 +264,35 @@ fn keygen_makes_a_ca_and_leaves_that_name_their_cluster() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("east.pem exists"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(out.join("east.pem")).unwrap(), east);
+
+    assert_eq!(
+        std::fs::read_to_string(out.join("trust-bundle.pem")).unwrap(),
+        rotated
+    );
+    // Another fleet's CA is not reused.
+    let o = run(&["keygen", "--fleet", "staging", "--out", out_s, "north"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("CA of fleet \"prod\""),
+        "{}",
+        stderr(&o)
+    );
+
+    // check refuses a mesh config whose key is not its certificate's.
+    let config = out.join("east-fleet.yaml");
+    std::fs::write(out.join("east.yaml"), "services: []\n").unwrap();
+    std::fs::write(
+        &config,
+        "fleet: prod\ncluster: east\nsource: {file: east.yaml}\nmesh: {listen: \"127.0.0.1:7999\", cert: east.pem, key: west.key, trust_bundle: [ca.pem]}\n",
+    )
+    .unwrap();
+    let o = run(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("west.key is not the key of the certificate"),
+        "{}",
+        stderr(&o)
+    );
 
     // Bad input names the value.
     for (args, needle) in [

@@ -209,6 +209,7 @@ fn mesh_config(port: u16, seeds: &[u16], gossip_interval: Duration) -> MeshConfi
         max_connection_age: Duration::from_secs(600),
         revoked_clusters: BTreeSet::new(),
         reload_interval: Duration::from_secs(3600),
+        phi_threshold: 8.0,
     }
 }
 

@@ -398,6 +398,8 @@ pub struct RootClaim {
     pub key_count: u32,
     pub digest: [u8; 32],
     pub role: RootRole,
+    /// The cluster's labels (`<cluster>.fleet TXT`), signed with the rest.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a verified root says about its node's keys.
@@ -801,6 +803,7 @@ mod tests {
             key_count: kvs.len() as u32,
             digest: digest(held()),
             role: RootRole::Publisher,
+            labels: BTreeMap::new(),
         };
         let verify = |root: &str, chain: &str, node: &str, held: Vec<(&str, &str)>| {
             let trust = FleetTrust::new(fleet.clone(), &bundle).unwrap();

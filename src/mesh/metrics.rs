@@ -57,48 +57,49 @@ pub struct MeshMetrics {
 }
 
 impl MeshMetrics {
-    /// Creates and registers every mesh metric (names get the registry's prefix).
+    /// Creates and registers every mesh metric (names get the registry's prefix; the
+    /// registry ends each help text with a period).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::unregistered();
         registry.register(
             "mesh_members",
-            "Mesh members chitchat knows, this peer included, by failure-detector state (live, dead).",
+            "Mesh members chitchat knows, this peer included, by failure-detector state (live, dead)",
             metrics.members.clone(),
         );
         registry.register(
             "mesh_clusters",
-            "Clusters in this peer's view, own included, by state.",
+            "Clusters in this peer's view, own included, by state",
             metrics.clusters.clone(),
         );
         registry.register(
             "mesh_roots_adopted",
-            "Verified roots adopted as another cluster's export.",
+            "Verified roots adopted as another cluster's export",
             metrics.roots_adopted.clone(),
         );
         registry.register(
             "mesh_roots_rejected",
-            "Roots not adopted, by reason (each root counted once).",
+            "Roots not adopted, by reason (each root counted once)",
             metrics.roots_rejected.clone(),
         );
         registry.register(
             "mesh_propagation_seconds",
             "From a change's origin time (publisher's clock) to its adoption here, for \
-             updates of clusters already adopted.",
+             updates of clusters already adopted",
             metrics.propagation.clone(),
         );
         registry.register(
             "mesh_digest_bytes",
-            "Size of the digest this peer sends in each gossip round.",
+            "Size of the digest this peer sends in each gossip round",
             metrics.digest_bytes.clone(),
         );
         registry.register(
             "mesh_publishing",
-            "1 while this replica publishes its cluster's exports, 0 while it stands by.",
+            "1 while this replica publishes its cluster's exports, 0 while it stands by",
             metrics.publishing.clone(),
         );
         registry.register(
             "mesh_gossip_restarts",
-            "Times the gossip task stopped and was restarted with a new generation.",
+            "Times the gossip task stopped and was restarted with a new generation",
             metrics.restarts.clone(),
         );
         registry.register_collector(Box::new(TransportCollector {

@@ -116,6 +116,16 @@ impl Credentials {
             revoked: params.config.revoked_clusters.clone(),
         };
         let me = trust.verify_pem(&cert_pem, unix_now)?;
+        // A key that is not the certificate's would sign roots every reader refuses.
+        let probe = b"fleetdns key check";
+        let signature = crate::identity::sign(&key_pem, probe)?;
+        if me.verify_signature(probe, &signature).is_err() {
+            anyhow::bail!(
+                "{} is not the key of the certificate in {}",
+                params.config.key.display(),
+                params.config.cert.display()
+            );
+        }
         if me.cluster != params.cluster {
             anyhow::bail!(
                 "the certificate is one of cluster {}, not of {}",
@@ -153,6 +163,7 @@ fn chitchat_config(
         listen_addr: mesh.listen,
         seed_nodes: mesh.seeds.clone(),
         failure_detector_config: FailureDetectorConfig {
+            phi_threshold: mesh.phi_threshold,
             initial_interval: mesh.gossip_interval,
             dead_node_grace_period: DEAD_NODE_GRACE_PERIOD,
             ..Default::default()
@@ -638,7 +649,18 @@ impl Node {
         if !met_a_peer && !self.params.config.seeds.is_empty() {
             waiting_roots.push("a first exchange with a mesh peer".into());
         }
+        let missing = waiting_roots.clone();
         let view = self.build_view(&live, now_ms, waiting_roots, pending);
+        if view.ready && !self.was_ready {
+            if missing.is_empty() {
+                tracing::info!("caught up with the mesh; ready");
+            } else {
+                tracing::warn!(
+                    ?missing,
+                    "ready after mesh.bootstrap_timeout without everything from the mesh"
+                );
+            }
+        }
         self.metrics
             .set_clusters(view.inputs.values().map(|input| input.state));
         // Once ready, a peer never becomes unready because others are unreachable.

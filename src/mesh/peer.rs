@@ -100,6 +100,7 @@ impl Publisher {
             kvs.len() as u32,
             digest,
             RootRole::Publisher,
+            exports.labels.clone(),
             unix_ms,
         )?;
         Ok(refused)
@@ -114,6 +115,7 @@ impl Publisher {
             0,
             digest(std::iter::empty()),
             RootRole::Standby,
+            BTreeMap::new(),
             unix_ms,
         )
     }
@@ -131,6 +133,7 @@ impl Publisher {
             0,
             digest(std::iter::empty()),
             RootRole::Decommissioned,
+            BTreeMap::new(),
             unix_ms,
         )
     }
@@ -163,6 +166,7 @@ impl Publisher {
         key_count: u32,
         digest: [u8; 32],
         role: RootRole,
+        labels: BTreeMap<String, String>,
         unix_ms: u64,
     ) -> Result<(), IdentityError> {
         self.seq += 1;
@@ -176,6 +180,7 @@ impl Publisher {
             key_count,
             digest,
             role,
+            labels,
         };
         state.set(ROOT_KEY, seal_root(&claim, &self.identity.key_pem)?);
         self.role = Some(role);
@@ -428,7 +433,8 @@ impl Observer {
                 .get(&cluster)
                 .is_none_or(|current| order(&claim) > order(&current.claim));
             if newer {
-                let (exports, _) = decode_exports(&cluster, state.key_values());
+                let (mut exports, _) = decode_exports(&cluster, state.key_values());
+                exports.labels = claim.labels.clone();
                 observation.adopted.insert(cluster.clone());
                 self.adopted.insert(
                     cluster,
@@ -565,7 +571,7 @@ mod tests {
         let mut publisher = Publisher::new(identity("east/0", &east_creds), 1, 1);
         let v1 = exports(
             "east",
-            "services:\n  - {name: web, namespace: default, ingress: [192.0.2.1]}\n",
+            "labels: {region: us-east-1}\nservices:\n  - {name: web, namespace: default, ingress: [192.0.2.1]}\n",
         );
         east.with_chitchat(|c| {
             publisher
@@ -585,12 +591,13 @@ mod tests {
         );
         let east_id = ClusterId::parse("east").unwrap();
         observe_until(&west, &mut observer, |o, _| {
-            o.adopted()
-                .get(&east_id)
-                .is_some_and(|a| a.exports.services.len() == 1)
-                && o.replica_observations(&east_id, |_| true)
-                    .iter()
-                    .any(|r| r.alive_stamp_ms == (NOW + 5) * 1000)
+            o.adopted().get(&east_id).is_some_and(|a| {
+                a.exports.services.len() == 1
+                    && a.exports.labels.get("region").map(String::as_str) == Some("us-east-1")
+            }) && o
+                .replica_observations(&east_id, |_| true)
+                .iter()
+                .any(|r| r.alive_stamp_ms == (NOW + 5) * 1000)
         })
         .await;
 
