@@ -57,7 +57,7 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the embedded demo fleet (east, west, central) on 127.0.0.1:8853.
+    /// Run the embedded demo fleet: east, west and central, DNS on 127.0.0.1:8853-8855.
     Demo,
     /// Run one peer.
     Run {
