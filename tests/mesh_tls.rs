@@ -138,8 +138,9 @@ async fn serial_only_peers_with_a_trusted_current_unrevoked_certificate_get_in()
     let dir = tempfile::tempdir().unwrap();
     let fleet = FleetDir::new(dir.path());
     let (east_addr, west_addr) = (free_addr(), free_addr());
+    let mut leaves = Vec::new();
     for (cluster, ip) in [("east", "192.0.2.1"), ("west", "192.0.2.2")] {
-        fleet.write_leaf("ca", cluster);
+        leaves.push(fleet.write_leaf("ca", cluster));
         fleet.write_services(cluster, ip);
     }
     let revoke = "  revoked_clusters: [north]\n";
@@ -172,6 +173,13 @@ async fn serial_only_peers_with_a_trusted_current_unrevoked_certificate_get_in()
         intruder(&fleet, "north/0", &north, true, east_addr).await,
         intruder(&fleet, "plain/0", &plain, false, east_addr).await,
     ];
+    // A member with west's certificate calling itself east/0 gets in (it may relay),
+    // but its root for east is refused and its heartbeats keep nothing alive.
+    let impostor = intruder(&fleet, "east/0", &leaves[1], true, west_addr).await;
+    wait_metrics(&west, "refused the impostor's root", |metric| {
+        metric("fleetdns_mesh_roots_rejected_total{reason=\"cert-cluster-mismatch\"}") >= 1.0
+    })
+    .await;
     wait_metrics(&east, "counted every intruder", |metric| {
         metric("fleetdns_mesh_peer_certs_rejected_total{reason=\"untrusted\"}") >= 1.0
             && metric("fleetdns_mesh_peer_certs_rejected_total{reason=\"expired\"}") >= 1.0
@@ -216,6 +224,16 @@ async fn serial_only_peers_with_a_trusted_current_unrevoked_certificate_get_in()
         assert_eq!(known, 1, "an intruder learned of other nodes");
         handle.shutdown().await.unwrap();
     }
+    let relayed = impostor.with_chitchat(|c| c.node_states().len()).await;
+    assert!(relayed >= 3, "the impostor is a member and relays");
+    wait_reply(
+        west.dns_addrs[0],
+        "only-east.default.east.fleet.",
+        "kept east's own export",
+        |m| fresh(m, "192.0.2.1"),
+    )
+    .await;
+    impostor.shutdown().await.unwrap();
     east.shutdown().await;
     west.shutdown().await;
 }
