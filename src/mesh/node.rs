@@ -560,10 +560,14 @@ impl Node {
         let live: HashSet<String> = known
             .iter()
             .filter(|node| {
-                let sighting = self.sightings.entry(node.to_string()).or_insert(Sighting {
-                    first_seen: now,
-                    judged: false,
-                });
+                if !self.sightings.contains_key(**node) {
+                    let first = Sighting {
+                        first_seen: now,
+                        judged: false,
+                    };
+                    self.sightings.insert(node.to_string(), first);
+                }
+                let sighting = self.sightings.get_mut(**node).expect("just inserted");
                 sighting.judged |= reported_live.contains(**node);
                 reported_live.contains(**node)
                     || (!sighting.judged && now.duration_since(sighting.first_seen) < grace)
@@ -598,10 +602,14 @@ impl Node {
         self.elect(guard.self_node_state(), &live, now_ms);
         // Gossip-on-change: a new export version anywhere (ours included) goes to a
         // few live peers now rather than at their next round.
-        let roots = guard
-            .node_states()
-            .iter()
-            .filter_map(|(id, s)| Some((&*id.node_id, id.generation_id, s.get(ROOT_KEY)?)));
+        let roots = guard.node_states().iter().filter_map(|(id, s)| {
+            Some((
+                &*id.node_id,
+                id.generation_id,
+                s.max_version(),
+                s.get(ROOT_KEY)?,
+            ))
+        });
         let push_to = if self.pusher.roots_changed(roots) {
             let me = guard.self_chitchat_id().gossip_advertise_addr;
             let peers: Vec<SocketAddr> = guard

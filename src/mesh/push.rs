@@ -22,27 +22,38 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// What was seen and pushed; one per peer.
 #[derive(Debug, Default)]
 pub struct Pusher {
-    /// Hash of the last `m:root` value seen, per (node id, generation).
-    roots: HashMap<(String, u64), u64>,
+    /// Max version and hash of the `m:root` value last seen, per (node id,
+    /// generation).
+    roots: HashMap<(String, u64), (u64, u64)>,
     pushed_at: HashMap<SocketAddr, Instant>,
     hasher: RandomState,
     picks: u64,
 }
 
 impl Pusher {
-    /// Records the roots of this pass; true if any is new or changed. Generations no
-    /// longer listed are forgotten.
+    /// Records the roots of this pass, given as (node id, generation, the node's max
+    /// version, root); true if any is new or changed. A root is hashed only when its
+    /// node's version moved. Generations no longer listed are forgotten.
     pub fn roots_changed<'a>(
         &mut self,
-        roots: impl IntoIterator<Item = (&'a str, u64, &'a str)>,
+        roots: impl IntoIterator<Item = (&'a str, u64, u64, &'a str)>,
     ) -> bool {
         let mut changed = false;
         let mut seen = HashSet::new();
-        for (node, generation, root) in roots {
+        for (node, generation, max_version, root) in roots {
             let key = (node.to_string(), generation);
-            let hash = self.hasher.hash_one(root);
-            if self.roots.insert(key.clone(), hash) != Some(hash) {
-                changed = true;
+            match self.roots.get_mut(&key) {
+                Some((version, _)) if *version == max_version => {}
+                Some((version, hash)) => {
+                    let new = self.hasher.hash_one(root);
+                    changed |= new != *hash;
+                    (*version, *hash) = (max_version, new);
+                }
+                None => {
+                    let hash = self.hasher.hash_one(root);
+                    self.roots.insert(key.clone(), (max_version, hash));
+                    changed = true;
+                }
             }
             seen.insert(key);
         }
@@ -85,14 +96,16 @@ mod tests {
     #[test]
     fn only_a_new_or_changed_root_counts() {
         let mut p = Pusher::default();
-        assert!(p.roots_changed([("east/0", 1, "r1"), ("west/0", 1, "w1")]));
-        assert!(!p.roots_changed([("east/0", 1, "r1"), ("west/0", 1, "w1")]));
-        assert!(p.roots_changed([("east/0", 1, "r2"), ("west/0", 1, "w1")]));
+        assert!(p.roots_changed([("east/0", 1, 3, "r1"), ("west/0", 1, 3, "w1")]));
+        assert!(!p.roots_changed([("east/0", 1, 3, "r1"), ("west/0", 1, 3, "w1")]));
+        // An alive stamp moved the version, not the root.
+        assert!(!p.roots_changed([("east/0", 1, 4, "r1"), ("west/0", 1, 3, "w1")]));
+        assert!(p.roots_changed([("east/0", 1, 6, "r2"), ("west/0", 1, 3, "w1")]));
         // A new generation is new even with the same text.
-        assert!(p.roots_changed([("east/0", 2, "r2"), ("west/0", 1, "w1")]));
+        assert!(p.roots_changed([("east/0", 2, 1, "r2"), ("west/0", 1, 3, "w1")]));
         // west vanished, then comes back: new again.
-        assert!(!p.roots_changed([("east/0", 2, "r2")]));
-        assert!(p.roots_changed([("east/0", 2, "r2"), ("west/0", 1, "w1")]));
+        assert!(!p.roots_changed([("east/0", 2, 1, "r2")]));
+        assert!(p.roots_changed([("east/0", 2, 1, "r2"), ("west/0", 1, 3, "w1")]));
     }
 
     #[tokio::test(start_paused = true)]
