@@ -46,7 +46,21 @@ pub fn encode(message: &[u8]) -> Result<Vec<u8>, FrameError> {
     if message.len() > MAX_DECOMPRESSED {
         return Err(FrameError::TooLargeDecompressed);
     }
-    let body = zstd::bulk::compress(message, LEVEL).map_err(|_| FrameError::Corrupt)?;
+    // One compression context per thread: making one per frame was a visible share of
+    // a large mesh's CPU.
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let body = COMPRESSOR
+        .with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = Some(zstd::bulk::Compressor::new(LEVEL)?);
+            }
+            cell.as_mut().expect("just made").compress(message)
+        })
+        .map_err(|_| FrameError::Corrupt)?;
     if body.len() > MAX_COMPRESSED {
         return Err(FrameError::TooLarge);
     }
@@ -57,7 +71,22 @@ pub fn encode(message: &[u8]) -> Result<Vec<u8>, FrameError> {
 }
 
 fn decompress(body: &[u8]) -> Result<Vec<u8>, FrameError> {
-    let decoder = zstd::stream::read::Decoder::new(body).map_err(|_| FrameError::Corrupt)?;
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<zstd::zstd_safe::DCtx<'static>> =
+            std::cell::RefCell::new(zstd::zstd_safe::DCtx::create());
+    }
+    CONTEXT.with(|context| decompress_with(body, &mut context.borrow_mut()))
+}
+
+fn decompress_with(
+    body: &[u8],
+    context: &mut zstd::zstd_safe::DCtx<'static>,
+) -> Result<Vec<u8>, FrameError> {
+    // A context left mid-frame by a corrupt body must not leak into the next one.
+    context
+        .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+        .map_err(|_| FrameError::Corrupt)?;
+    let decoder = zstd::stream::read::Decoder::with_context(body, context);
     // Read one octet past the limit to tell "exactly at the limit" from "over it".
     let mut out = Vec::new();
     decoder

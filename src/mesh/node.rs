@@ -713,16 +713,17 @@ impl Node {
                 },
             );
         }
+        let observations = self
+            .observer
+            .observations_by_cluster(|node| live.contains(node));
         for (cluster, adopted) in self.observer.adopted() {
             // A cluster that left (fleetdns leave) is dropped at once, not aged out.
             if *cluster == self.params.cluster || adopted.claim.role == RootRole::Decommissioned {
                 continue;
             }
-            let replicas = self
-                .observer
-                .replica_observations(cluster, |node| live.contains(node));
+            let replicas = observations.get(cluster).map_or(&[][..], Vec::as_slice);
             let prev = self.trackers.get(cluster).copied().unwrap_or_default();
-            let next = liveness::next(prev, &replicas, now_ms, &self.settings);
+            let next = liveness::next(prev, replicas, now_ms, &self.settings);
             if next.state != prev.state {
                 tracing::info!(%cluster, state = ?next.state, "cluster state changed");
             }

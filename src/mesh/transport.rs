@@ -388,7 +388,7 @@ where
     };
     let read = async {
         let mut decoder = frame::Decoder::new();
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
             // Idle connections close: the next send dials again.
             let n = match tokio::time::timeout(shared.settings.idle_timeout, reader.read(&mut buf))
