@@ -81,9 +81,9 @@ fn main() {
             .map(|n| n.trim().parse().expect("FLEETDNS_BENCH_N: numbers"))
             .collect();
         println!(
-            "| N | full sync | change to all p50 | p99 | deletion to all | killed → unreachable by all (φ=8 / φ=6) | steady B/s per peer | RSS total | CPU |"
+            "| N | full sync | change to all p50 | to all p99 | to each peer p50 / p99 | deletion to all | killed → unreachable by all (φ=8 / φ=6) | steady B/s per peer | RSS total | CPU |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for n in sizes {
             let row = run(n, FULL);
             println!("{row}");
@@ -276,30 +276,33 @@ fn run(n: usize, timing: Timing) -> String {
 
     // One change at a time, each from another peer, to all the others.
     let mut to_all = Vec::new();
-    let await_version = |rx: &mpsc::Receiver<String>, origin: usize, version: u64, since: u64| {
-        let mut reached = 0;
-        let mut last = since;
-        let deadline = Instant::now() + wait;
-        while reached < n - 1 {
-            let line = rx
-                .recv_timeout(deadline - Instant::now())
-                .expect("propagation");
-            if let Some(Event::Version {
-                peer,
-                cluster,
-                version: v,
-                ms,
-            }) = parse_event(&line)
-                && cluster == origin
-                && v == version
-                && peer != origin
-            {
-                reached += 1;
-                last = last.max(ms);
+    let mut to_each = Vec::new();
+    let mut await_version =
+        |rx: &mpsc::Receiver<String>, origin: usize, version: u64, since: u64| {
+            let mut reached = 0;
+            let mut last = since;
+            let deadline = Instant::now() + wait;
+            while reached < n - 1 {
+                let line = rx
+                    .recv_timeout(deadline - Instant::now())
+                    .expect("propagation");
+                if let Some(Event::Version {
+                    peer,
+                    cluster,
+                    version: v,
+                    ms,
+                }) = parse_event(&line)
+                    && cluster == origin
+                    && v == version
+                    && peer != origin
+                {
+                    reached += 1;
+                    last = last.max(ms);
+                    to_each.push(ms.saturating_sub(since));
+                }
             }
-        }
-        last - since
-    };
+            last - since
+        };
     for k in 1..=timing.changes {
         let origin = k % n;
         let version = k as u64 + 1;
@@ -314,6 +317,15 @@ fn run(n: usize, timing: Timing) -> String {
     let since = now_ms();
     workers[0].send(&format!("set 0 {deletion_version} 0"));
     let deletion = await_version(&rx, 0, deletion_version, since);
+    let each = {
+        let mut each = to_each.clone();
+        each.sort_unstable();
+        format!(
+            "{} / {}",
+            secs(percentile(&each, 0.5)),
+            secs(percentile(&each, 0.99))
+        )
+    };
 
     // Steady state: no changes, m:alive refresh and heartbeats only.
     let sample = |workers: &mut Vec<Worker>, rx: &mpsc::Receiver<String>| {
@@ -383,7 +395,7 @@ fn run(n: usize, timing: Timing) -> String {
         let _ = w.child.wait();
     }
     format!(
-        "| {n} | {} | {} | {} | {} | {} / {} | {:.0} | {} MiB | {:.2} cores |",
+        "| {n} | {} | {} | {} | {each} | {} | {} / {} | {:.0} | {} MiB | {:.2} cores |",
         secs(sync_ms),
         secs(percentile(&to_all, 0.5)),
         secs(percentile(&to_all, 0.99)),

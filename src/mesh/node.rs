@@ -610,7 +610,9 @@ impl Node {
                 s.get(ROOT_KEY)?,
             ))
         });
-        let push_to = if self.pusher.roots_changed(roots) {
+        // While catching up, everything is news: anti-entropy brings it, and pushing
+        // each first sighting would only storm the mesh with handshakes.
+        let push_to = if self.pusher.roots_changed(roots) && self.was_ready {
             let me = guard.self_chitchat_id().gossip_advertise_addr;
             let peers: Vec<SocketAddr> = guard
                 .node_states()

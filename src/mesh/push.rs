@@ -3,9 +3,9 @@
 //!
 //! This module owns the decision, and it is pure: it remembers the `m:root` value it
 //! last saw of every node generation, says when one changed (a new export version;
-//! `m:alive` refreshes, heartbeats and `m:cert` do not count), and picks up to
-//! [`FANOUT`] random live peers to gossip with, each at most once per
-//! [`MIN_INTERVAL`]. The observe loop does the gossiping.
+//! `m:alive` refreshes, heartbeats and `m:cert` do not count), and picks [`fanout`]
+//! random live peers to gossip with, each at most once per [`MIN_INTERVAL`]. The
+//! observe loop does the gossiping.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -14,8 +14,18 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Peers pushed to per change.
+/// Peers pushed to per change, at least.
 pub const FANOUT: usize = 3;
+
+/// Peers pushed to per change in a mesh of `peers` others: three (DESIGN.md), or
+/// ln(peers) + 1 when that is more. Every peer that learns a change pushes it on, so
+/// a peer is missed by every push with a chance of about e^-fanout and then waits
+/// for an anti-entropy round; with three, about five of a hundred peers do, and the
+/// change's time to all is that round.
+pub fn fanout(peers: usize) -> usize {
+    let scaled = (peers.max(1) as f64).ln().ceil() as usize + 1;
+    FANOUT.max(scaled)
+}
 /// Least time between two pushes to one peer.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -61,7 +71,7 @@ impl Pusher {
         changed
     }
 
-    /// Up to [`FANOUT`] of `peers`, picked at random among those not pushed to within
+    /// Up to [`fanout`] of `peers`, picked at random among those not pushed to within
     /// [`MIN_INTERVAL`] of `now`; they count as pushed to.
     pub fn targets(&mut self, peers: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
         self.pushed_at
@@ -77,7 +87,11 @@ impl Pusher {
         // Sorting by a keyed hash is a shuffle.
         ready.sort_unstable();
         ready.dedup_by_key(|(_, p)| *p);
-        let picked: Vec<SocketAddr> = ready.into_iter().take(FANOUT).map(|(_, p)| p).collect();
+        let picked: Vec<SocketAddr> = ready
+            .into_iter()
+            .take(fanout(peers.len()))
+            .map(|(_, p)| p)
+            .collect();
         for peer in &picked {
             self.pushed_at.insert(*peer, now);
         }
@@ -91,6 +105,15 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         ([127, 0, 0, 1], port).into()
+    }
+
+    #[test]
+    fn the_fanout_grows_with_the_log_of_the_mesh() {
+        assert_eq!(fanout(0), 3);
+        assert_eq!(fanout(5), 3);
+        assert_eq!(fanout(20), 4);
+        assert_eq!(fanout(100), 6);
+        assert_eq!(fanout(1000), 8);
     }
 
     #[test]

@@ -383,6 +383,10 @@ where
                 add(&shared.stats.frames_out, 1);
                 add(&shared.stats.bytes_out, frame.len() as u64);
             }
+            // TLS may hold the last record back until a flush.
+            if writer.flush().await.is_err() {
+                return;
+            }
             outbox.ready.notified().await;
         }
     };
