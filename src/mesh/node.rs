@@ -56,6 +56,9 @@ impl SourceView {
 
 /// How often the observe loop looks at chitchat's state.
 const OBSERVE_EVERY: Duration = Duration::from_millis(100);
+/// How often the view is rebuilt when nothing it depends on changed, for the state
+/// changes that time alone makes (a stamp ageing out).
+const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 /// Longest wait between attempts to restart a stopped gossip task.
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -267,6 +270,9 @@ pub async fn spawn(
         trackers: BTreeMap::new(),
         sightings: HashMap::new(),
         pusher: Pusher::default(),
+        last_live: HashSet::new(),
+        local_dirty: true,
+        view_due: Instant::now(),
         pending_exports: BTreeMap::new(),
         started: Instant::now(),
         was_ready: false,
@@ -309,6 +315,12 @@ struct Node {
     /// When each node id was first seen, and whether chitchat has reported it live.
     sightings: HashMap<String, Sighting>,
     pusher: Pusher,
+    /// The reported-or-presumed live nodes the view was last built with.
+    last_live: HashSet<Arc<str>>,
+    /// The local export changed since the view was last built.
+    local_dirty: bool,
+    /// When the view is rebuilt at the latest.
+    view_due: Instant,
     /// The empty export of each pending cluster (see `build_view`).
     pending_exports: BTreeMap<ClusterId, Arc<LocalExports>>,
     started: Instant,
@@ -334,6 +346,7 @@ impl Node {
                         break;
                     }
                     self.local.borrow_and_update();
+                    self.local_dirty = true;
                     // A new local export: publish it now if this replica publishes.
                     self.republish_local().await;
                 }
@@ -507,7 +520,8 @@ impl Node {
     /// The publisher rule without Kubernetes (DESIGN.md §4): a replica publishes
     /// unless a live replica of its cluster with a lower node id has a verified root.
     /// Whoever publishes outranks every root of the cluster seen so far.
-    fn elect(&mut self, state: &mut NodeState, live: &HashSet<String>, now_ms: u64) {
+    /// Returns whether this node's role changed.
+    fn elect(&mut self, state: &mut NodeState, live: &HashSet<Arc<str>>, now_ms: u64) -> bool {
         let lifetime =
             u64::try_from(self.settings.stamp_lifetime().as_millis()).unwrap_or(u64::MAX);
         let me = self.params.node_id.as_str();
@@ -528,12 +542,14 @@ impl Node {
                 .observer
                 .highest_other_epoch(&self.params.cluster, me)
                 .is_some_and(|seen| self.publisher.raise_epoch_above(seen));
-        if self.publisher.role() != Some(role) || raised {
+        let changed = self.publisher.role() != Some(role) || raised;
+        if changed {
             if self.publisher.role().is_some() {
                 tracing::info!(role = ?role, lower_replica = ?lower, epoch = self.publisher.epoch(), "publisher role changed");
             }
             self.write_role(state, role);
         }
+        changed
     }
 
     /// One pass: adopt what arrived, elect, run the liveness state machine, update
@@ -542,10 +558,8 @@ impl Node {
         let now_ms = self.clock.unix_millis();
         let chitchat = self.handle.chitchat();
         let mut guard = chitchat.lock().await;
-        let reported_live: HashSet<String> = guard
-            .live_nodes()
-            .map(|id| id.node_id.to_string())
-            .collect();
+        let reported_live: HashSet<Arc<str>> =
+            guard.live_nodes().map(|id| id.node_id.clone()).collect();
         self.metrics
             .set_members(reported_live.len(), guard.dead_nodes().count());
         // chitchat reports a node it just learned of as dead until it has two
@@ -557,22 +571,24 @@ impl Node {
             .retain(|node, _| known.contains(node.as_str()));
         let now = Instant::now();
         let grace = self.settings.stamp_lifetime();
-        let live: HashSet<String> = known
-            .iter()
+        let live: HashSet<Arc<str>> = guard
+            .node_states()
+            .keys()
+            .map(|id| &id.node_id)
             .filter(|node| {
-                if !self.sightings.contains_key(**node) {
+                if !self.sightings.contains_key(&***node) {
                     let first = Sighting {
                         first_seen: now,
                         judged: false,
                     };
                     self.sightings.insert(node.to_string(), first);
                 }
-                let sighting = self.sightings.get_mut(**node).expect("just inserted");
-                sighting.judged |= reported_live.contains(**node);
-                reported_live.contains(**node)
-                    || (!sighting.judged && now.duration_since(sighting.first_seen) < grace)
+                let sighting = self.sightings.get_mut(&***node).expect("just inserted");
+                let reported = reported_live.contains(&***node);
+                sighting.judged |= reported;
+                reported || (!sighting.judged && now.duration_since(sighting.first_seen) < grace)
             })
-            .map(|node| node.to_string())
+            .cloned()
             .collect();
         self.metrics
             .set_digest_bytes(digest_len(guard.node_states()));
@@ -580,7 +596,6 @@ impl Node {
             .node_states()
             .iter()
             .map(|(id, s)| (&*id.node_id, id.generation_id, s));
-        let previously: BTreeSet<ClusterId> = self.observer.adopted().keys().cloned().collect();
         let observation = self.observer.observe(nodes, now_ms);
         for (node, reason) in &observation.rejected {
             self.metrics.root_rejected(*reason);
@@ -588,18 +603,18 @@ impl Node {
                 tracing::warn!(%node, reason = reason.as_str(), "root not adopted");
             }
         }
-        for cluster in &observation.adopted {
+        for (cluster, update) in &observation.adopted {
             let adopted = &self.observer.adopted()[cluster];
             if *cluster == self.params.cluster {
                 continue;
             }
-            let update = previously.contains(cluster);
+            let update = *update;
             self.metrics.root_adopted(
                 update.then(|| adopted.adopted_ms.saturating_sub(adopted.claim.origin_ms)),
             );
             tracing::info!(%cluster, node = %adopted.node_id, epoch = adopted.claim.epoch, seq = adopted.claim.seq, role = ?adopted.claim.role, "adopted a new export");
         }
-        self.elect(guard.self_node_state(), &live, now_ms);
+        let role_changed = self.elect(guard.self_node_state(), &live, now_ms);
         // Gossip-on-change: a new export version anywhere (ours included) goes to a
         // few live peers now rather than at their next round.
         let roots = guard.node_states().iter().filter_map(|(id, s)| {
@@ -625,6 +640,26 @@ impl Node {
         } else {
             Vec::new()
         };
+        // The view is rebuilt when something it depends on moved, and otherwise every
+        // LIVENESS_EVERY for the time-driven state changes: at a hundred peers, a
+        // rebuild every pass was most of the mesh's CPU.
+        let live_changed = live != self.last_live;
+        let dirty = !observation.adopted.is_empty()
+            || live_changed
+            || role_changed
+            || std::mem::take(&mut self.local_dirty)
+            || !self.was_ready
+            || now >= self.view_due
+            || !observation.rejected.is_empty();
+        if !dirty {
+            drop(guard);
+            self.send_pushes(push_to);
+            return;
+        }
+        self.view_due = now + LIVENESS_EVERY;
+        if live_changed {
+            self.last_live = live.clone();
+        }
         let mut waiting_roots: Vec<String> = guard
             .node_states()
             .iter()
@@ -651,11 +686,7 @@ impl Node {
             .keys()
             .any(|id| *id.node_id != self.params.node_id);
         drop(guard);
-        for peer in push_to {
-            if let Err(e) = self.handle.gossip(peer) {
-                tracing::debug!(%peer, error = %e, "gossip-on-change not sent");
-            }
-        }
+        self.send_pushes(push_to);
         if !met_a_peer && !self.params.config.seeds.is_empty() {
             waiting_roots.push("a first exchange with a mesh peer".into());
         }
@@ -696,9 +727,17 @@ impl Node {
         });
     }
 
+    fn send_pushes(&self, peers: Vec<SocketAddr>) {
+        for peer in peers {
+            if let Err(e) = self.handle.gossip(peer) {
+                tracing::debug!(%peer, error = %e, "gossip-on-change not sent");
+            }
+        }
+    }
+
     fn build_view(
         &mut self,
-        live: &HashSet<String>,
+        live: &HashSet<Arc<str>>,
         now_ms: u64,
         waiting_roots: Vec<String>,
         pending: BTreeSet<ClusterId>,

@@ -259,8 +259,9 @@ pub type Rejections = Vec<(String, RootRejection)>;
 /// What one observation changed.
 #[derive(Debug, Default)]
 pub struct Observation {
-    /// Clusters whose adopted export changed.
-    pub adopted: BTreeSet<ClusterId>,
+    /// Clusters whose adopted export changed, each with whether it replaced an
+    /// earlier one (an update) or is the cluster's first.
+    pub adopted: BTreeMap<ClusterId, bool>,
     pub rejected: Rejections,
 }
 
@@ -476,7 +477,8 @@ impl Observer {
             if newer {
                 let (mut exports, _) = decode_exports(&cluster, state.key_values());
                 exports.labels = claim.labels.clone();
-                observation.adopted.insert(cluster.clone());
+                let update = self.adopted.contains_key(&cluster);
+                observation.adopted.insert(cluster.clone(), update);
                 self.adopted.insert(
                     cluster,
                     Adopted {
