@@ -1,10 +1,13 @@
 //! One mesh peer at run time: the chitchat node and the loop that feeds it and reads it.
 //!
 //! This module owns the chitchat handle of a running peer (the only one in the
-//! process's mesh) and its observe loop: it publishes the local cluster's exports when
-//! the services file changes, stamps `m:alive` every `alive_interval`, and every 100 ms
-//! adopts other clusters' verified exports, runs the liveness state machine and hands
-//! the result to the snapshot publisher as [`SourceView`]s.
+//! process's mesh) and its observe loop. The loop publishes the local cluster's exports
+//! when the services file changes (if this replica is elected to), stamps `m:alive`
+//! every `alive_interval`, rereads its credentials every `reload_interval`, restarts a
+//! stopped gossip task with a new generation, and on every 100 ms tick or `m:root`
+//! change adopts other clusters' verified exports, pushes new versions to a few peers,
+//! runs the liveness state machine and hands the result to the snapshot publisher as
+//! [`SourceView`]s.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;

@@ -4,9 +4,11 @@
 //! This module owns the two halves of the adoption protocol over chitchat node states:
 //! the [`Publisher`] writes a node's service keys, then its certificate, then one
 //! signed root over them (root last, so a reader never sees a root for keys it cannot
-//! have yet); the [`Observer`] adopts, per cluster, the verified root with the highest
-//! (epoch, origin time, seq) and keeps the previously adopted export while a newer one
-//! is incomplete. Both work on chitchat's `NodeState` and are driven by the observe
+//! have yet), or a standby root when another replica publishes; the [`Observer`]
+//! verifies every generation of every node once per change, adopts, per cluster, the
+//! verified publisher root with the highest (epoch, origin time, seq), keeps the
+//! previously adopted export while a newer one is incomplete, and knows each node's
+//! last signed stamp for the liveness state machine. Both work on chitchat's `NodeState` and are driven by the observe
 //! loop; the decisions themselves are `codec::verify_root`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
