@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use common::mesh::*;
 use common::*;
-use fleetdns::app::App;
 use fleetdns::clock::SystemClock;
 use fleetdns::config::Config;
-use fleetdns::dns::index::Readiness;
 use fleetdns::identity::FleetName;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -51,24 +49,14 @@ fn write_fleet_with(
     paths
 }
 
-async fn start(path: &Path) -> App {
-    let app = App::start(Config::load(path).unwrap(), fast_options())
-        .await
-        .unwrap();
-    tokio::time::timeout(TIMEOUT, app.wait_for(|s| s.readiness == Readiness::Ready))
-        .await
-        .expect("peer ready");
-    app
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serial_three_peers_share_their_exports_and_a_stopped_one_is_withdrawn() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = [free_addr(), free_addr(), free_addr()];
     let paths = write_fleet(dir.path(), &mesh);
-    let east = start(&paths[0]).await;
-    let west = start(&paths[1]).await;
-    let central = start(&paths[2]).await;
+    let east = start_peer(&paths[0]).await;
+    let west = start_peer(&paths[1]).await;
+    let central = start_peer(&paths[2]).await;
     let (east_dns, west_dns) = (east.dns_addrs[0], west.dns_addrs[0]);
 
     // Each peer sees the others' exports, per cluster and merged.
@@ -157,7 +145,7 @@ async fn serial_three_peers_share_their_exports_and_a_stopped_one_is_withdrawn()
     );
 
     // Restarted (a new generation), it returns after rejoin_after.
-    let central = start(&paths[2]).await;
+    let central = start_peer(&paths[2]).await;
     wait_reply(
         west_dns,
         "only-central.default.central.fleet.",
@@ -178,8 +166,8 @@ async fn serial_a_cluster_that_leaves_is_dropped_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = [free_addr(), free_addr(), free_addr()];
     let paths = write_fleet_with(dir.path(), &mesh, "60s");
-    let east = start(&paths[0]).await;
-    let west = start(&paths[1]).await;
+    let east = start_peer(&paths[0]).await;
+    let west = start_peer(&paths[1]).await;
     let east_dns = east.dns_addrs[0];
     wait_reply(
         east_dns,

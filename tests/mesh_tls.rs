@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +14,6 @@ use common::mesh::*;
 use common::*;
 use fleetdns::app::App;
 use fleetdns::clock::{Clock, SystemClock};
-use fleetdns::config::Config;
-use fleetdns::dns::index::Readiness;
 use fleetdns::identity::{Credentials, FleetTrust};
 use fleetdns::mesh::peer::{PeerIdentity, Publisher};
 use fleetdns::mesh::tls::MeshTls;
@@ -24,16 +21,6 @@ use fleetdns::mesh::transport::{StreamTransport, TransportSettings};
 use fleetdns::model::ClusterId;
 use fleetdns::source::file::parse_services_file;
 use hickory_proto::op::ResponseCode;
-
-async fn start(path: &Path) -> App {
-    let app = App::start(Config::load(path).unwrap(), fast_options())
-        .await
-        .unwrap();
-    tokio::time::timeout(TIMEOUT, app.wait_for(|s| s.readiness == Readiness::Ready))
-        .await
-        .expect("peer ready");
-    app
-}
 
 /// Waits until `app`'s metrics satisfy `ok`.
 async fn wait_metrics(app: &App, what: &str, ok: impl Fn(&dyn Fn(&str) -> f64) -> bool) {
@@ -144,12 +131,12 @@ async fn serial_only_peers_with_a_trusted_current_unrevoked_certificate_get_in()
         fleet.write_services(cluster, ip);
     }
     let revoke = "  revoked_clusters: [north]\n";
-    let east = start(&fleet.write_config(&PeerConfig {
+    let east = start_peer(&fleet.write_config(&PeerConfig {
         extra: revoke,
         ..PeerConfig::new("east", east_addr, &[])
     }))
     .await;
-    let west = start(&fleet.write_config(&PeerConfig {
+    let west = start_peer(&fleet.write_config(&PeerConfig {
         extra: revoke,
         ..PeerConfig::new("west", west_addr, &[east_addr])
     }))
@@ -260,7 +247,7 @@ async fn serial_a_ca_rotation_keeps_the_fleet_converged_then_cuts_off_the_old_ca
             extra: "  max_connection_age: 1s\n  reload_interval: 200ms\n",
             ..PeerConfig::new(cluster, addrs[i], &seeds)
         });
-        apps.push(start(&config).await);
+        apps.push(start_peer(&config).await);
     }
     for app in &apps {
         for (i, (cluster, _)) in peers.iter().enumerate() {

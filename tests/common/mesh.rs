@@ -5,13 +5,27 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fleetdns::app::App;
 use fleetdns::clock::{Clock, SystemClock};
+use fleetdns::config::Config;
+use fleetdns::dns::index::Readiness;
 use fleetdns::identity::{Credentials, FleetName, issue_leaf, new_ca};
 use fleetdns::model::ClusterId;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
 use super::{Q, TIMEOUT, answers, udp_raw};
+
+/// Starts a peer from a config file with the tests' fast options; waits until ready.
+pub async fn start_peer(path: &Path) -> App {
+    let app = App::start(Config::load(path).unwrap(), super::fast_options())
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, app.wait_for(|s| s.readiness == Readiness::Ready))
+        .await
+        .expect("peer ready");
+    app
+}
 
 /// A loopback address free when picked.
 pub fn free_addr() -> SocketAddr {
