@@ -551,6 +551,7 @@ fn worker(spec: &Path) {
                 revoked_clusters: Default::default(),
                 reload_interval: Duration::from_secs(3600),
                 phi_threshold: phi,
+                config_file: None,
             };
             let (local, local_rx) = watch::channel(exports(&id, 1, true));
             let metrics = MeshMetrics::unregistered();

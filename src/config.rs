@@ -203,6 +203,9 @@ pub struct MeshConfig {
     /// chitchat's failure-detector threshold: lower notices a dead peer sooner and
     /// risks calling a slow one dead.
     pub phi_threshold: f64,
+    /// The file this came from (set by [`Config::load`]): `revoked_clusters` is read
+    /// from it again with the credentials.
+    pub config_file: Option<PathBuf>,
 }
 
 /// chitchat forgets a dead node after this; `max_stale` must stay well below it.
@@ -335,7 +338,11 @@ impl Config {
             error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, &path.display().to_string(), base)
+        let mut config = Self::parse(&text, &path.display().to_string(), base)?;
+        if let Some(mesh) = &mut config.mesh {
+            mesh.config_file = Some(path.to_path_buf());
+        }
+        Ok(config)
     }
 
     /// Validates config text; `origin` names it in errors, `base` anchors relative paths.
@@ -545,6 +552,7 @@ fn parse_mesh(
             &raw.reload_interval,
             Duration::from_secs(5),
         )?,
+        config_file: None,
         phi_threshold: match raw.phi_threshold {
             None => 8.0,
             Some(phi) if (1.0..=32.0).contains(&phi) => phi,

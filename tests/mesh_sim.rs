@@ -210,6 +210,7 @@ fn mesh_config(port: u16, seeds: &[u16], gossip_interval: Duration) -> MeshConfi
         revoked_clusters: BTreeSet::new(),
         reload_interval: Duration::from_secs(3600),
         phi_threshold: 8.0,
+        config_file: None,
     }
 }
 

@@ -294,3 +294,66 @@ async fn serial_a_ca_rotation_keeps_the_fleet_converged_then_cuts_off_the_old_ca
         app.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_a_cluster_revoked_at_run_time_is_cut_off_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = FleetDir::new(dir.path());
+    let clusters = ["east", "west", "central"];
+    let addrs = [free_addr(), free_addr(), free_addr()];
+    let fast = "  max_connection_age: 1s\n  reload_interval: 200ms\n";
+    let revoking = format!("{fast}  revoked_clusters: [west]\n");
+    let config = |i: usize, extra: &str| {
+        fleet.write_config(&PeerConfig {
+            extra,
+            ..PeerConfig::new(clusters[i], addrs[i], &addrs[..i])
+        })
+    };
+    let mut apps = Vec::new();
+    for (i, cluster) in clusters.iter().enumerate() {
+        fleet.write_leaf("ca", cluster);
+        fleet.write_services(cluster, &format!("192.0.2.{}", i + 1));
+        apps.push(start_peer(&config(i, fast)).await);
+    }
+    for app in &apps {
+        wait_reply(
+            app.dns_addrs[0],
+            "only-west.default.west.fleet.",
+            "saw west",
+            |m| fresh(m, "192.0.2.2"),
+        )
+        .await;
+    }
+
+    // east and central revoke west in their config files; they reread them.
+    for i in [0, 2] {
+        config(i, &revoking);
+    }
+    for i in [0, 2] {
+        wait_reply(
+            apps[i].dns_addrs[0],
+            "only-west.default.west.fleet.",
+            "dropped revoked west",
+            |m| m.metadata.response_code == ResponseCode::NXDomain,
+        )
+        .await;
+    }
+    wait_metrics(&apps[0], "refused west's handshake", |metric| {
+        metric("fleetdns_mesh_peer_certs_rejected_total{reason=\"revoked\"}") >= 1.0
+    })
+    .await;
+    replace_file(
+        &dir.path().join("central.yaml"),
+        &services("central", "192.0.2.33"),
+    );
+    wait_reply(
+        apps[0].dns_addrs[0],
+        "only-central.default.central.fleet.",
+        "saw central's edit",
+        |m| fresh(m, "192.0.2.33"),
+    )
+    .await;
+    for app in apps {
+        app.shutdown().await;
+    }
+}

@@ -147,10 +147,11 @@ impl Credentials {
         })
     }
 
-    fn same_texts(&self, other: &Self) -> bool {
+    fn same_as(&self, other: &Self) -> bool {
         self.cert_pem == other.cert_pem
             && self.key_pem == other.key_pem
             && self.bundle_pems == other.bundle_pems
+            && self.trust.revoked == other.trust.revoked
     }
 }
 
@@ -435,6 +436,20 @@ impl Node {
     /// signed with the new key. A bad change is logged and the old ones stay.
     async fn reload_credentials(&mut self) {
         let now = self.clock.unix_seconds();
+        // mesh.revoked_clusters takes effect without a restart: it is read again from
+        // the config file (the other settings need a restart).
+        if let Some(path) = &self.params.config.config_file {
+            match crate::config::Config::load(path) {
+                Ok(config) => {
+                    if let Some(mesh) = config.mesh {
+                        self.params.config.revoked_clusters = mesh.revoked_clusters;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "config not reread; keeping mesh.revoked_clusters");
+                }
+            }
+        }
         let loaded = match Credentials::load(&self.params, now) {
             Ok(c) => c,
             Err(e) => {
@@ -445,7 +460,7 @@ impl Node {
                 return;
             }
         };
-        if loaded.same_texts(&self.credentials) {
+        if loaded.same_as(&self.credentials) {
             return;
         }
         if let Some(tls) = &self.tls
