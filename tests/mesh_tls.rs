@@ -225,6 +225,38 @@ async fn serial_only_peers_with_a_trusted_current_unrevoked_certificate_get_in()
     west.shutdown().await;
 }
 
+/// Once east and central (apps 0 and 2) no longer accept west: both drop its export at
+/// once (NXDOMAIN, not stale), east counts a refused handshake with `reason`, and an
+/// edit on central still reaches east.
+async fn west_is_cut_off(apps: &[App], dir: &std::path::Path, reason: &str) {
+    for i in [0, 2] {
+        wait_reply(
+            apps[i].dns_addrs[0],
+            "only-west.default.west.fleet.",
+            "dropped west",
+            |m| m.metadata.response_code == ResponseCode::NXDomain,
+        )
+        .await;
+    }
+    let series = format!("fleetdns_mesh_peer_certs_rejected_total{{reason=\"{reason}\"}}");
+    wait_metrics(&apps[0], "refused west's handshake", |metric| {
+        metric(&series) >= 1.0
+    })
+    .await;
+    replace_file(
+        &dir.join("central.yaml"),
+        &services("central", "192.0.2.33"),
+    );
+    wait_reply(
+        apps[0].dns_addrs[0],
+        "only-central.default.central.fleet.",
+        "saw central's edit",
+        |m| fresh(m, "192.0.2.33"),
+    )
+    .await;
+    assert_eq!(clusters(&apps[0]), ["central", "east"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serial_a_ca_rotation_keeps_the_fleet_converged_then_cuts_off_the_old_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -265,31 +297,7 @@ async fn serial_a_ca_rotation_keeps_the_fleet_converged_then_cuts_off_the_old_ca
             &new.cert_pem,
         );
     }
-    for i in [0, 2] {
-        wait_reply(
-            apps[i].dns_addrs[0],
-            "only-west.default.west.fleet.",
-            "dropped west",
-            |m| m.metadata.response_code == ResponseCode::NXDomain,
-        )
-        .await;
-    }
-    wait_metrics(&apps[0], "refused west's old leaf", |metric| {
-        metric("fleetdns_mesh_peer_certs_rejected_total{reason=\"untrusted\"}") >= 1.0
-    })
-    .await;
-    replace_file(
-        &dir.path().join("central.yaml"),
-        &services("central", "192.0.2.33"),
-    );
-    wait_reply(
-        apps[0].dns_addrs[0],
-        "only-central.default.central.fleet.",
-        "saw central's edit",
-        |m| fresh(m, "192.0.2.33"),
-    )
-    .await;
-    assert_eq!(clusters(&apps[0]), ["central", "east"]);
+    west_is_cut_off(&apps, dir.path(), "untrusted").await;
     for app in apps {
         app.shutdown().await;
     }
@@ -329,30 +337,7 @@ async fn serial_a_cluster_revoked_at_run_time_is_cut_off_without_a_restart() {
     for i in [0, 2] {
         config(i, &revoking);
     }
-    for i in [0, 2] {
-        wait_reply(
-            apps[i].dns_addrs[0],
-            "only-west.default.west.fleet.",
-            "dropped revoked west",
-            |m| m.metadata.response_code == ResponseCode::NXDomain,
-        )
-        .await;
-    }
-    wait_metrics(&apps[0], "refused west's handshake", |metric| {
-        metric("fleetdns_mesh_peer_certs_rejected_total{reason=\"revoked\"}") >= 1.0
-    })
-    .await;
-    replace_file(
-        &dir.path().join("central.yaml"),
-        &services("central", "192.0.2.33"),
-    );
-    wait_reply(
-        apps[0].dns_addrs[0],
-        "only-central.default.central.fleet.",
-        "saw central's edit",
-        |m| fresh(m, "192.0.2.33"),
-    )
-    .await;
+    west_is_cut_off(&apps, dir.path(), "revoked").await;
     for app in apps {
         app.shutdown().await;
     }
