@@ -365,7 +365,7 @@ impl Config {
         let zone = ZoneName::parse(&raw.zone).map_err(|e| invalid("zone", e))?;
         for (k, v) in &raw.cluster_labels {
             // Each label becomes one TXT character-string "key=value" (≤ 255 octets).
-            if k.is_empty() || k.len() + v.len() + 1 > 255 || k.contains('=') {
+            if !crate::model::valid_label(k, v) {
                 return Err(invalid(
                     &format!("cluster_labels.{k}"),
                     format!(

@@ -349,6 +349,12 @@ impl ServiceExport {
     }
 }
 
+/// Whether `key=value` can be a cluster inventory label: one TXT character-string
+/// (at most 255 octets) with a non-empty key that holds no '='.
+pub fn valid_label(key: &str, value: &str) -> bool {
+    !key.is_empty() && !key.contains('=') && key.len() + value.len() < 255
+}
+
 /// The set of services one cluster exports, plus its inventory labels.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LocalExports {

@@ -478,7 +478,14 @@ impl Observer {
                 .is_none_or(|current| order(&claim) > order(&current.claim));
             if newer {
                 let (mut exports, _) = decode_exports(&cluster, state.key_values());
-                exports.labels = claim.labels.clone();
+                // Signed, but written by another peer: only what a services file
+                // could hold gets into a TXT record.
+                exports.labels = claim
+                    .labels
+                    .iter()
+                    .filter(|(k, v)| crate::model::valid_label(k, v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 let update = self.adopted.contains_key(&cluster);
                 observation.adopted.insert(cluster.clone(), update);
                 self.adopted.insert(

@@ -134,7 +134,7 @@ pub fn parse_services_file(
     })?;
     let mut exports = LocalExports::empty(cluster.clone());
     for (k, v) in &raw.labels {
-        if k.is_empty() || k.contains('=') || k.len() + v.len() + 1 > 255 {
+        if !crate::model::valid_label(k, v) {
             return Err(ServicesFileError::Invalid {
                 path: origin.into(),
                 service: "-".into(),
