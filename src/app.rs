@@ -351,7 +351,12 @@ pub struct CheckSummary {
 fn load_all(config: &Config) -> anyhow::Result<BTreeMap<crate::model::ClusterId, ClusterInput>> {
     let mut inputs = BTreeMap::new();
     for (cluster, path) in config.source.files(&config.cluster) {
-        let exports = crate::source::file::load_services_file(&path, &cluster)?;
+        let key = match &config.source {
+            crate::config::SourceConfig::File(_) => "source.file".to_string(),
+            crate::config::SourceConfig::Files(_) => format!("source.files.{cluster}"),
+        };
+        let exports = crate::source::file::load_services_file(&path, &cluster)
+            .with_context(|| key.clone())?;
         inputs.insert(
             cluster,
             ClusterInput {

@@ -49,7 +49,7 @@ fn check_names_the_bad_key_or_value_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     // (config, services files to write, what the error must name)
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (
             "fleet: f\ncluster: svc\nsource: {file: a.yaml}\n",
             &[],
@@ -76,7 +76,12 @@ fn check_names_the_bad_key_or_value_and_fails() {
         (
             "fleet: f\ncluster: east\nsource: {file: missing.yaml}\n",
             &[],
-            &["missing.yaml"],
+            &["source.file", "missing.yaml"],
+        ),
+        (
+            "fleet: f\ncluster: east\nsource: {files: {east: e.yaml, west: nowhere.yaml}}\n",
+            &[("e.yaml", "services: []\n")],
+            &["source.files.west", "nowhere.yaml"],
         ),
     ];
     for (config, files, needles) in cases {
