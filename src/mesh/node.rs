@@ -681,8 +681,11 @@ impl Node {
         let mut waiting_roots: Vec<String> = guard
             .node_states()
             .iter()
+            // DESIGN.md §1: a root adopted for every cluster whose *live* nodes hold
+            // one; a dead node's root does not hold readiness up.
             .filter(|(id, s)| {
                 s.get(ROOT_KEY).is_some()
+                    && live.contains(&*id.node_id)
                     && node_cluster(&id.node_id).is_some_and(|c| {
                         c != self.params.cluster && !self.observer.adopted().contains_key(&c)
                     })
