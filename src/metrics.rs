@@ -172,11 +172,22 @@ impl TcpReject {
 ///
 /// Obtained from [`Metrics::dns_worker`], which registers it with the scrape
 /// collector for the life of the process (counters never go backwards).
+/// Upper bounds (nanoseconds) of the answer-time histogram's buckets; a last,
+/// unbounded bucket follows. An answer from the index takes tens to hundreds of
+/// nanoseconds; the upper buckets catch a worker that was preempted mid-answer.
+pub const ANSWER_BUCKETS_NS: [u64; 10] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 100_000, 1_000_000, 10_000_000,
+];
+const N_ANSWER_BUCKETS: usize = ANSWER_BUCKETS_NS.len() + 1;
+
 #[derive(Debug)]
 #[repr(align(128))] // own cache lines: no false sharing with another worker
 pub struct WorkerStats {
     transport: Transport,
     queries: [[AtomicU64; N_RCODE]; N_QTYPE],
+    /// Answers by time taken (from the parsed packet to the encoded reply).
+    answer_buckets: [AtomicU64; N_ANSWER_BUCKETS],
+    answer_ns_sum: AtomicU64,
     truncated: AtomicU64,
     tcp_capped: AtomicU64,
     malformed: AtomicU64,
@@ -188,6 +199,8 @@ impl WorkerStats {
         Self {
             transport,
             queries: [const { [const { AtomicU64::new(0) }; N_RCODE] }; N_QTYPE],
+            answer_buckets: [const { AtomicU64::new(0) }; N_ANSWER_BUCKETS],
+            answer_ns_sum: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             tcp_capped: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
@@ -205,6 +218,15 @@ impl WorkerStats {
     #[inline]
     pub fn query(&self, qtype: u16, rcode: u16) {
         self.queries[qtype_index(qtype)][rcode_index(rcode)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One answer made in `elapsed`.
+    #[inline]
+    pub fn answered_in(&self, elapsed: std::time::Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = ANSWER_BUCKETS_NS.partition_point(|bound| *bound < ns);
+        self.answer_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.answer_ns_sum.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// A UDP reply sent with TC=1.
@@ -244,6 +266,10 @@ impl WorkerStats {
                 *sum += cell.load(Ordering::Relaxed);
             }
         }
+        for (sum, cell) in counts.answer_buckets.iter_mut().zip(&self.answer_buckets) {
+            *sum += cell.load(Ordering::Relaxed);
+        }
+        counts.answer_ns_sum += self.answer_ns_sum.load(Ordering::Relaxed);
         counts.truncated += self.truncated.load(Ordering::Relaxed);
         counts.tcp_capped += self.tcp_capped.load(Ordering::Relaxed);
         counts.malformed += self.malformed.load(Ordering::Relaxed);
@@ -256,6 +282,9 @@ impl WorkerStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnsCounts {
     queries: [[u64; N_RCODE]; N_QTYPE],
+    /// Answers per [`ANSWER_BUCKETS_NS`] bucket (not cumulative), then the rest.
+    pub answer_buckets: [u64; N_ANSWER_BUCKETS],
+    pub answer_ns_sum: u64,
     /// UDP replies sent with TC=1.
     pub truncated: u64,
     /// TCP answers cut to fit 65,535 octets.
@@ -273,6 +302,10 @@ impl DnsCounts {
                 *s += v;
             }
         }
+        for (s, v) in self.answer_buckets.iter_mut().zip(&other.answer_buckets) {
+            *s += v;
+        }
+        self.answer_ns_sum += other.answer_ns_sum;
         self.truncated += other.truncated;
         self.tcp_capped += other.tcp_capped;
         self.malformed += other.malformed;
@@ -360,6 +393,28 @@ impl Collector for DnsCollector {
                     )?;
                 }
             }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "dns_answer_duration_seconds",
+                "Time from a parsed query to its encoded answer, per answer (summed over \
+                 workers at scrape).",
+                None,
+                MetricType::Histogram,
+            )?;
+            let buckets: Vec<(f64, u64)> = ANSWER_BUCKETS_NS
+                .iter()
+                .map(|ns| *ns as f64 / 1e9)
+                .chain([f64::INFINITY])
+                .zip(all.answer_buckets)
+                .collect();
+            let count = all.answer_buckets.iter().sum();
+            metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                all.answer_ns_sum as f64 / 1e9,
+                count,
+                &buckets,
+                None,
+            )?;
         }
         encode_counter(
             &mut encoder,
@@ -899,6 +954,20 @@ mod tests {
     }
 
     #[test]
+    fn answer_times_fall_into_their_buckets() {
+        let metrics = Metrics::new();
+        let w = metrics.dns_worker(Transport::Tcp);
+        for ns in [100, 250, 251, 20_000_000] {
+            w.answered_in(std::time::Duration::from_nanos(ns));
+        }
+        let counts = metrics.dns_totals();
+        assert_eq!(counts.answer_buckets[0], 2, "≤ 250 ns, bound included");
+        assert_eq!(counts.answer_buckets[1], 1);
+        assert_eq!(counts.answer_buckets[ANSWER_BUCKETS_NS.len()], 1, "above every bound");
+        assert_eq!(counts.answer_ns_sum, 100 + 250 + 251 + 20_000_000);
+    }
+
+    #[test]
     fn exposition_is_well_formed_openmetrics() {
         let metrics = Metrics::new();
         let w = metrics.dns_worker(Transport::Udp);
@@ -916,6 +985,7 @@ mod tests {
         let (samples, types) = parse_openmetrics(&text);
         let expected_types = [
             ("fleetdns_dns_queries", "counter"),
+            ("fleetdns_dns_answer_duration_seconds", "histogram"),
             ("fleetdns_dns_responses_truncated", "counter"),
             ("fleetdns_dns_tcp_answers_capped", "counter"),
             ("fleetdns_dns_malformed_packets", "counter"),

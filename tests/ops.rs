@@ -164,8 +164,11 @@ async fn metrics_are_openmetrics_and_count_what_was_served() {
     let a_noerror = "fleetdns_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}";
     let a_nxdomain = "fleetdns_dns_queries_total{qtype=\"A\",rcode=\"NXDOMAIN\"}";
     let srv_noerror = "fleetdns_dns_queries_total{qtype=\"SRV\",rcode=\"NOERROR\"}";
+    let answers_count = "fleetdns_dns_answer_duration_seconds_count";
+    let answers_inf = "fleetdns_dns_answer_duration_seconds_bucket{le=\"+Inf\"}";
     let before = |series| metric_value(&r.body, series).expect("series present from the start");
     let (a0, nx0, srv0) = (before(a_noerror), before(a_nxdomain), before(srv_noerror));
+    let answered0 = before(answers_count);
 
     let web = Q::new("web.default.east.fleet.", RecordType::A);
     for _ in 0..3 {
@@ -188,6 +191,10 @@ async fn metrics_are_openmetrics_and_count_what_was_served() {
     assert_eq!(value(a_noerror) - a0, 5.0);
     assert_eq!(value(a_nxdomain) - nx0, 1.0);
     assert_eq!(value(srv_noerror) - srv0, 1.0);
+    // Every answer is timed once; the histogram's buckets are cumulative.
+    assert_eq!(value(answers_count) - answered0, 7.0);
+    assert_eq!(value(answers_inf), value(answers_count));
+    assert!(value("fleetdns_dns_answer_duration_seconds_sum") > 0.0);
 
     // The view: its generation (the one the peer serves) and services per cluster.
     let generation = peer.app.snapshot().generation;

@@ -231,6 +231,7 @@ impl Buffers {
             }
             let packet = &packet[..(hdr.msg_len as usize).min(RECV_SIZE)];
             let reply = &mut self.replies[queued];
+            let started = std::time::Instant::now();
             let snap = context.snapshot.load();
             let outcome = snap.index.respond(
                 snap.readiness,
@@ -239,7 +240,7 @@ impl Buffers {
                 Transport::Udp,
                 reply,
             );
-            count(&context.stats, &outcome);
+            count(&context.stats, &outcome, started);
             if !outcome.replied {
                 continue;
             }

@@ -232,7 +232,8 @@ fn spawn_udp(
 }
 
 /// Counts one query's outcome on its worker's stats.
-pub(super) fn count(stats: &WorkerStats, outcome: &Outcome) {
+/// Counts one packet's outcome; `started` is when its answer began.
+pub(super) fn count(stats: &WorkerStats, outcome: &Outcome, started: std::time::Instant) {
     // Before the early return: a packet too short to parse is dropped *and* malformed.
     if outcome.malformed {
         stats.malformed();
@@ -242,6 +243,7 @@ pub(super) fn count(stats: &WorkerStats, outcome: &Outcome) {
         return;
     }
     stats.query(outcome.qtype, outcome.rcode);
+    stats.answered_in(started.elapsed());
     if outcome.truncated {
         stats.truncated();
     }
@@ -274,6 +276,7 @@ async fn udp_loop(
                 continue;
             }
         };
+        let started = std::time::Instant::now();
         let snap = snapshot.load();
         let outcome = snap.index.respond(
             snap.readiness,
@@ -282,7 +285,7 @@ async fn udp_loop(
             Transport::Udp,
             &mut reply,
         );
-        count(&stats, &outcome);
+        count(&stats, &outcome, started);
         if outcome.replied
             && let Err(e) = socket.send_to(&reply, peer).await
         {
@@ -442,6 +445,7 @@ impl Serve {
                 Ok(Ok(_)) => {}
                 _ => return,
             }
+            let started = std::time::Instant::now();
             let snap = snapshot.load();
             let outcome = snap.index.respond(
                 snap.readiness,
@@ -450,7 +454,7 @@ impl Serve {
                 Transport::Tcp,
                 &mut reply,
             );
-            count(&stats, &outcome);
+            count(&stats, &outcome, started);
             if !outcome.replied {
                 continue;
             }
