@@ -963,7 +963,11 @@ mod tests {
         let counts = metrics.dns_totals();
         assert_eq!(counts.answer_buckets[0], 2, "≤ 250 ns, bound included");
         assert_eq!(counts.answer_buckets[1], 1);
-        assert_eq!(counts.answer_buckets[ANSWER_BUCKETS_NS.len()], 1, "above every bound");
+        assert_eq!(
+            counts.answer_buckets[ANSWER_BUCKETS_NS.len()],
+            1,
+            "above every bound"
+        );
         assert_eq!(counts.answer_ns_sum, 100 + 250 + 251 + 20_000_000);
     }
 
