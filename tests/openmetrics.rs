@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::{Q, TestPeer, answers, demo_files, tcp, udp};
@@ -43,9 +43,12 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 print(json.dumps(out))
 "#;
 
-/// Every sample of an exposition as (name, labels, value), by the strict parser
-/// (which refuses a malformed exposition, so a parse is itself the format check).
-fn parse(python: &PathBuf, exposition: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One parsed sample: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Every sample of an exposition, by the strict parser (which refuses a malformed
+/// exposition, so a parse is itself the format check).
+fn parse(python: &Path, exposition: &str) -> Vec<Sample> {
     use std::io::Write;
     let mut child = Command::new(python)
         .args(["-c", PARSE])
