@@ -76,11 +76,7 @@ fn parse(python: &Path, exposition: &str) -> Vec<Sample> {
         .collect()
 }
 
-fn value(
-    samples: &[(String, Vec<(String, String)>, f64)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .find(|(n, l, _)| {
