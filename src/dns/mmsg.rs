@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::dns::index::{ReplySettings, Transport};
-use crate::dns::server::count;
+use crate::dns::server::answer;
 use crate::metrics::WorkerStats;
 use crate::snapshot::SharedSnapshot;
 
@@ -231,16 +231,14 @@ impl Buffers {
             }
             let packet = &packet[..(hdr.msg_len as usize).min(RECV_SIZE)];
             let reply = &mut self.replies[queued];
-            let started = std::time::Instant::now();
-            let snap = context.snapshot.load();
-            let outcome = snap.index.respond(
-                snap.readiness,
+            let outcome = answer(
+                &context.snapshot,
                 context.settings,
                 packet,
                 Transport::Udp,
                 reply,
+                &context.stats,
             );
-            count(&context.stats, &outcome, started);
             if !outcome.replied {
                 continue;
             }

@@ -232,8 +232,26 @@ fn spawn_udp(
 }
 
 /// Counts one query's outcome on its worker's stats.
+/// Answers one packet from the snapshot being served into `reply`, and counts it.
+pub(super) fn answer(
+    snapshot: &SharedSnapshot,
+    settings: ReplySettings,
+    packet: &[u8],
+    transport: Transport,
+    reply: &mut Vec<u8>,
+    stats: &WorkerStats,
+) -> Outcome {
+    let started = std::time::Instant::now();
+    let snap = snapshot.load();
+    let outcome = snap
+        .index
+        .respond(snap.readiness, settings, packet, transport, reply);
+    count(stats, &outcome, started);
+    outcome
+}
+
 /// Counts one packet's outcome; `started` is when its answer began.
-pub(super) fn count(stats: &WorkerStats, outcome: &Outcome, started: std::time::Instant) {
+fn count(stats: &WorkerStats, outcome: &Outcome, started: std::time::Instant) {
     // Before the early return: a packet too short to parse is dropped *and* malformed.
     if outcome.malformed {
         stats.malformed();
@@ -276,16 +294,14 @@ async fn udp_loop(
                 continue;
             }
         };
-        let started = std::time::Instant::now();
-        let snap = snapshot.load();
-        let outcome = snap.index.respond(
-            snap.readiness,
+        let outcome = answer(
+            &snapshot,
             settings,
             &packet[..len],
             Transport::Udp,
             &mut reply,
+            &stats,
         );
-        count(&stats, &outcome, started);
         if outcome.replied
             && let Err(e) = socket.send_to(&reply, peer).await
         {
@@ -445,16 +461,14 @@ impl Serve {
                 Ok(Ok(_)) => {}
                 _ => return,
             }
-            let started = std::time::Instant::now();
-            let snap = snapshot.load();
-            let outcome = snap.index.respond(
-                snap.readiness,
+            let outcome = answer(
+                &snapshot,
                 settings,
                 &packet[..len],
                 Transport::Tcp,
                 &mut reply,
+                &stats,
             );
-            count(&stats, &outcome, started);
             if !outcome.replied {
                 continue;
             }
