@@ -91,6 +91,21 @@ impl App {
             .mesh
             .as_ref()
             .map(|_| MeshMetrics::register(metrics.registry_mut()));
+        let source_stats = Arc::new(crate::source::file::SourceStats::default());
+        let read = source_stats.clone();
+        metrics.register_scrape_counters(
+            "source_file_reads",
+            "Services-file reads, by outcome (loaded, invalid, unreadable)",
+            "outcome",
+            move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                vec![
+                    ("loaded", read.loaded.load(Relaxed)),
+                    ("invalid", read.invalid.load(Relaxed)),
+                    ("unreadable", read.unreadable.load(Relaxed)),
+                ]
+            },
+        );
         let metrics = Arc::new(metrics);
 
         let mut dns = BoundDns::bind(&config.dns.listen, config.dns.udp_workers).await?;
@@ -135,6 +150,7 @@ impl App {
         let files = spawn_file_source(
             config.source.files(&config.cluster),
             options.watch.clone(),
+            source_stats,
             cancel.child_token(),
         );
         let source = match &config.mesh {

@@ -500,6 +500,8 @@ impl Collector for ViewCollector {
 /// too costly to keep current on every change (e.g. memory estimates that walk a
 /// snapshot).
 struct ScrapeGauges {
+    /// Gauge or counter.
+    kind: MetricType,
     name: &'static str,
     help: &'static str,
     label: &'static str,
@@ -516,11 +518,14 @@ impl fmt::Debug for ScrapeGauges {
 
 impl Collector for ScrapeGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let mut metric =
-            encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        let mut metric = encoder.encode_descriptor(self.name, self.help, None, self.kind)?;
         for (value_label, value) in (self.values)() {
             let labels = [(self.label, value_label)];
-            ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+            if matches!(self.kind, MetricType::Counter) {
+                encode_labelled_counter(&mut metric, &labels, value)?;
+            } else {
+                ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -691,6 +696,25 @@ impl Metrics {
         values: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
     ) {
         self.registry.register_collector(Box::new(ScrapeGauges {
+            kind: MetricType::Gauge,
+            name,
+            help,
+            label,
+            values: Box::new(values),
+        }));
+    }
+
+    /// Like [`Metrics::register_scrape_gauges`], for counters (`_total` is added)
+    /// whose values `values` reads at scrape time from atomics kept elsewhere.
+    pub fn register_scrape_counters(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+    ) {
+        self.registry.register_collector(Box::new(ScrapeGauges {
+            kind: MetricType::Counter,
             name,
             help,
             label,

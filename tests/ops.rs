@@ -210,4 +210,25 @@ async fn metrics_are_openmetrics_and_count_what_was_served() {
         assert!(bytes > 0.0, "{part}: {bytes}");
     }
     assert!(text.ends_with("# EOF\n"));
+
+    // Services-file reads by outcome: both files loaded; a broken edit is counted
+    // as invalid (and the last good state keeps answering).
+    let reads =
+        |outcome: &str| format!("fleetdns_source_file_reads_total{{outcome=\"{outcome}\"}}");
+    let read_count = |outcome: &str| metric_value(&text, &reads(outcome)).expect("read counters");
+    assert!(read_count("loaded") >= 2.0);
+    assert_eq!(read_count("invalid"), 0.0);
+    replace_file(&peer.path("east.yaml"), "services: [ {name: \n");
+    let counted = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let text = peer.metrics_text().await;
+            if metric_value(&text, &reads("invalid")).is_some_and(|n| n >= 1.0) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "the broken edit was never counted");
+    assert_eq!(answers(&udp(peer.dns, &web).await), vec!["10.96.0.10"]);
 }

@@ -287,9 +287,24 @@ impl FileSourceState {
 }
 
 /// Watches every file and publishes the latest good state of all of them together.
+/// What the file source read, by outcome; shared with the metrics collector.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub loaded: std::sync::atomic::AtomicU64,
+    pub invalid: std::sync::atomic::AtomicU64,
+    pub unreadable: std::sync::atomic::AtomicU64,
+}
+
+impl SourceStats {
+    fn count(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub fn spawn_file_source(
     files: BTreeMap<ClusterId, PathBuf>,
     settings: WatchSettings,
+    stats: Arc<SourceStats>,
     cancel: CancellationToken,
 ) -> watch::Receiver<FileSourceState> {
     let mut state = FileSourceState::default();
@@ -304,6 +319,7 @@ pub fn spawn_file_source(
     for (cluster, path) in files {
         let mut events = spawn_file_watch(path.clone(), settings.clone(), cancel.clone());
         let merge_tx = merge_tx.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let origin = path.display().to_string();
             while let Some(event) = events.recv().await {
@@ -312,6 +328,7 @@ pub fn spawn_file_source(
                         let text = String::from_utf8_lossy(&bytes);
                         match parse_services_file(&text, &origin, &cluster) {
                             Ok(exports) => {
+                                SourceStats::count(&stats.loaded);
                                 tracing::info!(
                                     cluster = %cluster,
                                     path = %origin,
@@ -321,6 +338,7 @@ pub fn spawn_file_source(
                                 Ok(exports)
                             }
                             Err(err) => {
+                                SourceStats::count(&stats.invalid);
                                 tracing::error!(
                                     cluster = %cluster,
                                     error = %err,
@@ -331,6 +349,7 @@ pub fn spawn_file_source(
                         }
                     }
                     FileEvent::Unreadable(err) => {
+                        SourceStats::count(&stats.unreadable);
                         tracing::warn!(
                             cluster = %cluster,
                             path = %origin,
@@ -490,7 +509,7 @@ services:
             use_notify: true,
         };
         let cancel = CancellationToken::new();
-        let mut rx = spawn_file_source(files, settings, cancel.clone());
+        let mut rx = spawn_file_source(files, settings, Arc::default(), cancel.clone());
         let wait = |rx: &mut watch::Receiver<FileSourceState>,
                     what: &'static str,
                     f: fn(&FileSourceState) -> bool| {
