@@ -870,13 +870,14 @@ async fn a_cluster_with_a_live_node_but_no_adopted_root_is_pending_not_absent() 
 
 #[tokio::test(start_paused = true)]
 async fn a_change_is_pushed_to_every_peer_long_before_the_next_gossip_round() {
-    // Anti-entropy every 5 s: only gossip-on-change can bring a change to all of six
-    // peers within a second.
+    // Anti-entropy every 5 s: only gossip-on-change can bring a change to every peer
+    // within a second. With three others, the origin's own pushes (to three random
+    // live peers) reach them all, so the outcome does not hang on the random picks.
     let sim = Sim {
         gossip_interval: Duration::from_secs(5),
         ..Sim::new()
     };
-    let clusters = ["east", "west", "central", "north", "south", "polar"];
+    let clusters = ["east", "west", "central", "north"];
     let mut peers = Vec::new();
     for (i, c) in clusters.iter().enumerate() {
         let seeds: Vec<u16> = (0..i as u16).map(|j| 27_000 + j).collect();
