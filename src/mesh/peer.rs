@@ -281,22 +281,8 @@ impl Observer {
         }
     }
 
-    /// What the liveness state machine needs of `cluster`'s replicas; `reported_live`
-    /// says whether chitchat's failure detector reports a node live.
-    pub fn replica_observations(
-        &self,
-        cluster: &ClusterId,
-        reported_live: impl Fn(&str) -> bool,
-    ) -> Vec<super::liveness::ReplicaObservation> {
-        self.replicas_of(cluster)
-            .map(|(node, r)| super::liveness::ReplicaObservation {
-                reported_live: reported_live(node),
-                alive_stamp_ms: r.alive_ms,
-            })
-            .collect()
-    }
-
-    /// [`Observer::replica_observations`] of every cluster at once, in one pass.
+    /// What the liveness state machine needs of every cluster's replicas, in one pass;
+    /// `reported_live` says whether chitchat's failure detector reports a node live.
     pub fn observations_by_cluster(
         &self,
         reported_live: impl Fn(&str) -> bool,
@@ -647,9 +633,8 @@ mod tests {
                 a.exports.services.len() == 1
                     && a.exports.labels.get("region").map(String::as_str) == Some("us-east-1")
             }) && o
-                .replica_observations(&east_id, |_| true)
-                .iter()
-                .any(|r| r.alive_stamp_ms == (NOW + 5) * 1000)
+                .replicas_of(&east_id)
+                .any(|(_, r)| r.alive_ms == (NOW + 5) * 1000)
         })
         .await;
 
