@@ -496,27 +496,29 @@ impl Collector for ViewCollector {
     }
 }
 
-/// A gauge family whose values are computed when `/metrics` is scraped, for figures
-/// too costly to keep current on every change (e.g. memory estimates that walk a
-/// snapshot).
-struct ScrapeGauges {
+/// A gauge or counter family whose values are computed when `/metrics` is scraped:
+/// figures too costly to keep current on every change (memory estimates that walk a
+/// snapshot), or counters kept as atomics by another module.
+struct ScrapeFamily {
     /// Gauge or counter.
     kind: MetricType,
     name: &'static str,
     help: &'static str,
     label: &'static str,
-    values: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
+    values: ScrapeValues,
 }
 
-impl fmt::Debug for ScrapeGauges {
+type ScrapeValues = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
+impl fmt::Debug for ScrapeFamily {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScrapeGauges")
+        f.debug_struct("ScrapeFamily")
             .field("name", &self.name)
             .finish()
     }
 }
 
-impl Collector for ScrapeGauges {
+impl Collector for ScrapeFamily {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut metric = encoder.encode_descriptor(self.name, self.help, None, self.kind)?;
         for (value_label, value) in (self.values)() {
@@ -695,13 +697,7 @@ impl Metrics {
         label: &'static str,
         values: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
     ) {
-        self.registry.register_collector(Box::new(ScrapeGauges {
-            kind: MetricType::Gauge,
-            name,
-            help,
-            label,
-            values: Box::new(values),
-        }));
+        self.register_scrape(MetricType::Gauge, name, help, label, Box::new(values));
     }
 
     /// Like [`Metrics::register_scrape_gauges`], for counters (`_total` is added)
@@ -713,12 +709,23 @@ impl Metrics {
         label: &'static str,
         values: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
     ) {
-        self.registry.register_collector(Box::new(ScrapeGauges {
-            kind: MetricType::Counter,
+        self.register_scrape(MetricType::Counter, name, help, label, Box::new(values));
+    }
+
+    fn register_scrape(
+        &mut self,
+        kind: MetricType,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: ScrapeValues,
+    ) {
+        self.registry.register_collector(Box::new(ScrapeFamily {
+            kind,
             name,
             help,
             label,
-            values: Box::new(values),
+            values,
         }));
     }
 
