@@ -4,6 +4,8 @@
 //! our own `Transport` wrapper, gossip tasks that fail and restart, and forged state.
 //! Every wait is for a state under a (virtual) timeout.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,9 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chitchat::transport::{ChannelTransport, Socket, Transport};
-use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage, FailureDetectorConfig,
-};
+use chitchat::{ChitchatHandle, ChitchatMessage};
+use common::mesh::bare_chitchat_config;
 use fleetdns::clock::Clock;
 use fleetdns::config::MeshConfig;
 use fleetdns::identity::{Credentials as Leaf, FleetName, issue_leaf, new_ca};
@@ -303,20 +304,9 @@ impl Sim {
         port: u16,
         seeds: &[u16],
     ) -> ChitchatHandle {
-        let config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(node_id.to_string(), generation, addr(port)),
-            cluster_id: self.fleet.as_str().to_string(),
-            gossip_interval: Duration::from_millis(100),
-            listen_addr: addr(port),
-            seed_nodes: seeds.iter().map(|p| addr(*p).to_string()).collect(),
-            failure_detector_config: FailureDetectorConfig {
-                initial_interval: Duration::from_millis(100),
-                ..Default::default()
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(900),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-        };
+        let seeds = seeds.iter().map(|p| addr(*p).to_string()).collect();
+        let config =
+            bare_chitchat_config(self.fleet.as_str(), node_id, generation, addr(port), seeds);
         chitchat::spawn_chitchat(config, Vec::new(), &self.transport)
             .await
             .unwrap()

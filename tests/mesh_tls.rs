@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use chitchat::{ChitchatHandle, spawn_chitchat};
 use common::mesh::*;
 use common::*;
 use fleetdns::app::App;
@@ -75,20 +75,13 @@ async fn intruder(
     } else {
         StreamTransport::new(settings)
     };
-    let config = ChitchatConfig {
-        chitchat_id: ChitchatId::new(node_id.to_string(), 1, listen),
-        cluster_id: fleet.fleet.as_str().to_string(),
-        gossip_interval: Duration::from_millis(100),
-        listen_addr: listen,
-        seed_nodes: vec![seed.to_string()],
-        failure_detector_config: FailureDetectorConfig {
-            initial_interval: Duration::from_millis(100),
-            ..Default::default()
-        },
-        marked_for_deletion_grace_period: Duration::from_secs(900),
-        catchup_callback: None,
-        extra_liveness_predicate: None,
-    };
+    let config = bare_chitchat_config(
+        fleet.fleet.as_str(),
+        node_id,
+        1,
+        listen,
+        vec![seed.to_string()],
+    );
     let handle = spawn_chitchat(config, Vec::new(), &transport)
         .await
         .unwrap();

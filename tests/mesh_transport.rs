@@ -1,14 +1,15 @@
 //! The mesh transport over real loopback sockets: reply routing, bad peers, unreachable
 //! peers, and two real chitchat nodes converging over it.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chitchat::transport::Transport;
-use chitchat::{
-    ChitchatConfig, ChitchatId, ChitchatMessage, FailureDetectorConfig, spawn_chitchat,
-};
+use chitchat::{ChitchatConfig, ChitchatMessage, spawn_chitchat};
+use common::mesh::bare_chitchat_config;
 use fleetdns::mesh::transport::{StreamTransport, TransportSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -112,20 +113,7 @@ async fn serial_mesh_send_to_an_unreachable_peer_returns_at_once_and_is_counted(
 }
 
 fn config(node: &str, listen: SocketAddr, seeds: Vec<String>) -> ChitchatConfig {
-    ChitchatConfig {
-        chitchat_id: ChitchatId::new(node.to_string(), 1, listen),
-        cluster_id: "test-fleet".into(),
-        gossip_interval: Duration::from_millis(100),
-        listen_addr: listen,
-        seed_nodes: seeds,
-        failure_detector_config: FailureDetectorConfig {
-            initial_interval: Duration::from_millis(100),
-            ..Default::default()
-        },
-        marked_for_deletion_grace_period: Duration::from_secs(60),
-        catchup_callback: None,
-        extra_liveness_predicate: None,
-    }
+    bare_chitchat_config("test-fleet", node, 1, listen, seeds)
 }
 
 /// Two real chitchat 0.11.1 nodes converge over the stream transport, both ways.

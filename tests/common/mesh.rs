@@ -27,6 +27,31 @@ pub async fn start_peer(path: &Path) -> App {
     app
 }
 
+/// chitchat settings for a node that is no fleetdns peer (the tests' forgers and the
+/// transport's own tests): fast rounds, no fleetdns logic.
+pub fn bare_chitchat_config(
+    fleet: &str,
+    node_id: &str,
+    generation: u64,
+    listen: SocketAddr,
+    seeds: Vec<String>,
+) -> chitchat::ChitchatConfig {
+    chitchat::ChitchatConfig {
+        chitchat_id: chitchat::ChitchatId::new(node_id.to_string(), generation, listen),
+        cluster_id: fleet.to_string(),
+        gossip_interval: Duration::from_millis(100),
+        listen_addr: listen,
+        seed_nodes: seeds,
+        failure_detector_config: chitchat::FailureDetectorConfig {
+            initial_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(900),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    }
+}
+
 /// A loopback address free when picked.
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
