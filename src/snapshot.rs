@@ -368,6 +368,21 @@ mod tests {
         ]
     }
 
+    /// A ready, non-headless service in namespace n0: the common case of the
+    /// hand-written scenarios below.
+    fn vip(cluster: u8, name: u8, addr: u8, ports: u8) -> Op {
+        Op::Upsert {
+            cluster,
+            name,
+            ns: 0,
+            headless: false,
+            addr,
+            ready: true,
+            ports,
+            all: false,
+        }
+    }
+
     fn key(name: u8, ns: u8) -> ServiceKey {
         ServiceKey {
             name: ServiceName::parse(&format!("s{name}")).unwrap(),
@@ -513,16 +528,7 @@ mod tests {
         let mut engine = Engine::new(settings());
         let mut inputs = BTreeMap::new();
         for op in [
-            Op::Upsert {
-                cluster: 0,
-                name: 1,
-                ns: 0,
-                headless: false,
-                addr: 0,
-                ready: true,
-                ports: 0,
-                all: false,
-            },
+            vip(0, 1, 0, 0),
             Op::State {
                 cluster: 1,
                 state: 3,
@@ -549,56 +555,11 @@ mod tests {
         let mut inputs = BTreeMap::new();
         // s1 exported by c0 (local, live) and c1; s2 only by c1; s3 by c1 and c2.
         for op in [
-            Op::Upsert {
-                cluster: 0,
-                name: 1,
-                ns: 0,
-                headless: false,
-                addr: 1,
-                ready: true,
-                ports: 0,
-                all: false,
-            },
-            Op::Upsert {
-                cluster: 1,
-                name: 1,
-                ns: 0,
-                headless: false,
-                addr: 1,
-                ready: true,
-                ports: 0,
-                all: false,
-            },
-            Op::Upsert {
-                cluster: 1,
-                name: 2,
-                ns: 0,
-                headless: false,
-                addr: 1,
-                ready: true,
-                ports: 1,
-                all: false,
-            },
-            Op::Upsert {
-                cluster: 1,
-                name: 3,
-                ns: 0,
-                headless: false,
-                addr: 1,
-                ready: true,
-                ports: 0,
-                all: false,
-            },
-            Op::Upsert {
-                cluster: 2,
-                name: 3,
-                ns: 0,
-                headless: false,
-                addr: 2,
-                ready: true,
-                ports: 0,
-                all: false,
-            },
+            vip(0, 1, 1, 0),
+            vip(1, 1, 1, 0),
+            vip(1, 2, 1, 1),
+            vip(1, 3, 1, 0),
+            vip(2, 3, 2, 0),
             Op::State {
                 cluster: 1,
                 state: 1,
@@ -652,16 +613,7 @@ mod tests {
         let mut engine = Engine::new(settings());
         let mut inputs = BTreeMap::new();
         for op in [
-            Op::Upsert {
-                cluster: 0,
-                name: 1,
-                ns: 0,
-                headless: false,
-                addr: 2,
-                ready: true,
-                ports: 1,
-                all: false,
-            },
+            vip(0, 1, 2, 1),
             Op::Upsert {
                 cluster: 1,
                 name: 1,
