@@ -296,6 +296,12 @@ impl Sim {
         }
     }
 
+    /// The observing peer of most tests: `west/0`, exporting one service `w`.
+    async fn west(&self, port: u16, seeds: &[u16]) -> Peer {
+        let ex = exports("west", &[("w", "192.0.2.9")]);
+        self.start("west/0", port, seeds, ex).await
+    }
+
     /// A bare chitchat node that is not a fleetdns peer: the tests' forger.
     async fn raw_node(
         &self,
@@ -453,14 +459,7 @@ async fn a_stopped_gossip_task_restarts_with_a_new_generation_that_never_mixes_w
     let sim = Sim::new();
     let v1 = exports("east", &[("a", "192.0.2.1"), ("b", "192.0.2.1")]);
     let mut east = sim.start("east/0", 21_000, &[], v1).await;
-    let mut west = sim
-        .start(
-            "west/0",
-            21_001,
-            &[21_000],
-            exports("west", &[("w", "192.0.2.9")]),
-        )
-        .await;
+    let mut west = sim.west(21_001, &[21_000]).await;
     west.wait("adopted east v1", |v| {
         names(v, "east") == Some(set(&["a", "b"]))
     })
@@ -508,14 +507,7 @@ async fn an_export_arriving_over_several_rounds_replaces_the_old_one_at_once() {
             exports("east", &[("small", "192.0.2.1")]),
         )
         .await;
-    let mut west = sim
-        .start(
-            "west/0",
-            22_001,
-            &[22_000],
-            exports("west", &[("w", "192.0.2.9")]),
-        )
-        .await;
+    let mut west = sim.west(22_001, &[22_000]).await;
     west.wait("adopted east v1", |v| {
         names(v, "east") == Some(set(&["small"]))
     })
@@ -565,14 +557,7 @@ async fn forged_state_under_east_changes_nothing_and_east_still_goes_unreachable
     let sim = Sim::new();
     let v1 = exports("east", &[("web", "192.0.2.1")]);
     let east = sim.start("east/0", 23_000, &[], v1).await;
-    let mut west = sim
-        .start(
-            "west/0",
-            23_001,
-            &[23_000],
-            exports("west", &[("w", "192.0.2.9")]),
-        )
-        .await;
+    let mut west = sim.west(23_001, &[23_000]).await;
     west.wait("adopted east", |v| names(v, "east") == Some(set(&["web"])))
         .await;
     let (log, recorder) = record(&west);
@@ -666,14 +651,7 @@ async fn a_killed_cluster_goes_unreachable_then_withdrawn_and_returns_only_after
             exports("east", &[("web", "192.0.2.1")]),
         )
         .await;
-    let mut west = sim
-        .start(
-            "west/0",
-            24_001,
-            &[24_000],
-            exports("west", &[("w", "192.0.2.9")]),
-        )
-        .await;
+    let mut west = sim.west(24_001, &[24_000]).await;
     west.wait("adopted east live", |v| {
         state(v, "east") == Some(ClusterState::Live)
     })
@@ -725,14 +703,7 @@ async fn a_killed_cluster_goes_unreachable_then_withdrawn_and_returns_only_after
 async fn one_replica_publishes_and_another_takes_over_without_the_cluster_leaving() {
     let sim = Sim::new();
     let by = |replica: &str| exports("east", &[("web", "192.0.2.1"), (replica, "192.0.2.1")]);
-    let mut west = sim
-        .start(
-            "west/0",
-            25_002,
-            &[],
-            exports("west", &[("w", "192.0.2.9")]),
-        )
-        .await;
+    let mut west = sim.west(25_002, &[]).await;
     // From the first view on, east never looks empty or not live on west, even while
     // both replicas start by publishing and one of them then stands by.
     let (log, recorder) = record(&west);
@@ -812,14 +783,7 @@ async fn one_replica_publishes_and_another_takes_over_without_the_cluster_leavin
 #[tokio::test(start_paused = true)]
 async fn a_cluster_with_a_live_node_but_no_adopted_root_is_pending_not_absent() {
     let sim = Sim::new();
-    let mut west = sim
-        .start(
-            "west/0",
-            26_000,
-            &[],
-            exports("west", &[("w", "192.0.2.9")]),
-        )
-        .await;
+    let mut west = sim.west(26_000, &[]).await;
     // north/0 holds a valid root whose keys never all arrive (one is deleted after
     // the root was signed): its names may exist, so readers answer SERVFAIL "Not
     // Ready" under north rather than NXDOMAIN.
