@@ -635,17 +635,9 @@ impl Node {
         let role_changed = self.elect(guard.self_node_state(), &live, now_ms);
         // Gossip-on-change: a new export version anywhere (ours included) goes to a
         // few live peers now rather than at their next round.
-        let roots = guard.node_states().iter().filter_map(|(id, s)| {
-            Some((
-                &*id.node_id,
-                id.generation_id,
-                s.max_version(),
-                s.get(ROOT_KEY)?,
-            ))
-        });
         // While catching up, everything is news: anti-entropy brings it, and pushing
         // each first sighting would only storm the mesh with handshakes.
-        let push_to = if self.pusher.roots_changed(roots) && self.was_ready {
+        let push_to = if observation.new_root && self.was_ready {
             let me = guard.self_chitchat_id().gossip_advertise_addr;
             let peers: Vec<SocketAddr> = guard
                 .node_states()

@@ -265,6 +265,9 @@ pub struct Observation {
     /// earlier one (an update) or is the cluster's first.
     pub adopted: BTreeMap<ClusterId, bool>,
     pub rejected: Rejections,
+    /// Some node generation showed a root not seen before (a new export version,
+    /// or a node first seen): what gossip-on-change pushes.
+    pub new_root: bool,
 }
 
 fn order(claim: &RootClaim) -> (u64, u64, u64) {
@@ -383,6 +386,7 @@ impl Observer {
                 unix_now,
             );
             let previous = self.checked.remove(&key);
+            observation.new_root |= previous.as_ref().is_none_or(|p| p.root != root);
             let replica = match &verified {
                 // A node is a replica of its cluster only once it has a verified
                 // root; its liveness comes from its own signed stamp, never from

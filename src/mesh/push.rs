@@ -1,13 +1,12 @@
 //! Gossip-on-change (DESIGN.md §4 "Latency"): anti-entropy runs every gossip interval,
 //! and on top of it a new export version is pushed at once.
 //!
-//! This module owns the decision, and it is pure: it remembers the `m:root` value it
-//! last saw of every node generation, says when one changed (a new export version;
-//! `m:alive` refreshes, heartbeats and `m:cert` do not count), and picks [`fanout`]
-//! random live peers to gossip with, each at most once per [`MIN_INTERVAL`]. The
-//! observe loop does the gossiping.
+//! This module owns whom to push to, and it is pure: when the observer reports a root
+//! it had not seen (a new export version; `m:alive` refreshes, heartbeats and
+//! `m:cert` do not count), it picks [`fanout`] random live peers to gossip with, each
+//! at most once per [`MIN_INTERVAL`]. The observe loop does the gossiping.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,51 +25,19 @@ pub fn fanout(peers: usize) -> usize {
     let scaled = (peers.max(1) as f64).ln().ceil() as usize + 1;
     FANOUT.max(scaled)
 }
+
 /// Least time between two pushes to one peer.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// What was seen and pushed; one per peer.
+/// When each peer was last pushed to; one per peer.
 #[derive(Debug, Default)]
 pub struct Pusher {
-    /// Max version and hash of the `m:root` value last seen, per (node id,
-    /// generation).
-    roots: HashMap<(String, u64), (u64, u64)>,
     pushed_at: HashMap<SocketAddr, Instant>,
     hasher: RandomState,
     picks: u64,
 }
 
 impl Pusher {
-    /// Records the roots of this pass, given as (node id, generation, the node's max
-    /// version, root); true if any is new or changed. A root is hashed only when its
-    /// node's version moved. Generations no longer listed are forgotten.
-    pub fn roots_changed<'a>(
-        &mut self,
-        roots: impl IntoIterator<Item = (&'a str, u64, u64, &'a str)>,
-    ) -> bool {
-        let mut changed = false;
-        let mut seen = HashSet::new();
-        for (node, generation, max_version, root) in roots {
-            let key = (node.to_string(), generation);
-            match self.roots.get_mut(&key) {
-                Some((version, _)) if *version == max_version => {}
-                Some((version, hash)) => {
-                    let new = self.hasher.hash_one(root);
-                    changed |= new != *hash;
-                    (*version, *hash) = (max_version, new);
-                }
-                None => {
-                    let hash = self.hasher.hash_one(root);
-                    self.roots.insert(key.clone(), (max_version, hash));
-                    changed = true;
-                }
-            }
-            seen.insert(key);
-        }
-        self.roots.retain(|key, _| seen.contains(key));
-        changed
-    }
-
     /// Up to [`fanout`] of `peers`, picked at random among those not pushed to within
     /// [`MIN_INTERVAL`] of `now`; they count as pushed to.
     pub fn targets(&mut self, peers: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
@@ -101,6 +68,8 @@ impl Pusher {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn addr(port: u16) -> SocketAddr {
@@ -114,21 +83,6 @@ mod tests {
         assert_eq!(fanout(20), 4);
         assert_eq!(fanout(100), 6);
         assert_eq!(fanout(1000), 8);
-    }
-
-    #[test]
-    fn only_a_new_or_changed_root_counts() {
-        let mut p = Pusher::default();
-        assert!(p.roots_changed([("east/0", 1, 3, "r1"), ("west/0", 1, 3, "w1")]));
-        assert!(!p.roots_changed([("east/0", 1, 3, "r1"), ("west/0", 1, 3, "w1")]));
-        // An alive stamp moved the version, not the root.
-        assert!(!p.roots_changed([("east/0", 1, 4, "r1"), ("west/0", 1, 3, "w1")]));
-        assert!(p.roots_changed([("east/0", 1, 6, "r2"), ("west/0", 1, 3, "w1")]));
-        // A new generation is new even with the same text.
-        assert!(p.roots_changed([("east/0", 2, 1, "r2"), ("west/0", 1, 3, "w1")]));
-        // west vanished, then comes back: new again.
-        assert!(!p.roots_changed([("east/0", 2, 1, "r2")]));
-        assert!(p.roots_changed([("east/0", 2, 1, "r2"), ("west/0", 1, 3, "w1")]));
     }
 
     #[tokio::test(start_paused = true)]
