@@ -204,21 +204,10 @@ impl TrustBundle {
     }
 }
 
-/// Verifies a peer's chain (leaf first, PEM) against any CA of `bundle` at `unix_now`,
-/// and returns the cluster its URI SAN names in `fleet`.
-pub fn verify_chain(
-    chain_pem: &str,
-    bundle_pem: &[String],
-    fleet: &FleetName,
-    unix_now: u64,
-) -> Result<VerifiedPeer, IdentityError> {
-    let chain = pem_ders(chain_pem, "CERTIFICATE")?;
-    let bundle = TrustBundle::from_pems(bundle_pem)?;
-    verify_chain_der(&chain[0], &chain[1..], &bundle, fleet, unix_now)
-}
-
-/// [`verify_chain`] on DER certificates, as a TLS handshake presents them.
-pub fn verify_chain_der(
+/// Verifies a peer's chain (DER, leaf first, as a TLS handshake presents it) against
+/// any CA of `bundle` at `unix_now`, and returns the cluster its URI SAN names in
+/// `fleet`.
+fn verify_chain_der(
     leaf: &[u8],
     intermediates: &[impl AsRef<[u8]>],
     bundle: &TrustBundle,
@@ -460,6 +449,9 @@ mod tests {
         let west = ClusterId::parse("west").unwrap();
         let leaf = issue_leaf(&ca, &fleet, &west, NOW, 365).unwrap();
         let bundle = vec![ca.cert_pem.clone()];
+        let verify_chain = |chain: &str, bundle: &[String], fleet: &FleetName, now: u64| {
+            FleetTrust::new(fleet.clone(), bundle)?.verify_pem(chain, now)
+        };
         let peer = verify_chain(&leaf.cert_pem, &bundle, &fleet, NOW + 60).unwrap();
         assert_eq!(peer.cluster, west);
 
