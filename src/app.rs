@@ -156,19 +156,7 @@ impl App {
         let source = match &config.mesh {
             None => spawn_static_view(files, cancel.child_token()),
             Some(mesh) => {
-                let node_id = options
-                    .node_id
-                    .clone()
-                    .unwrap_or_else(|| format!("{}/0", config.cluster));
-                if crate::mesh::codec::node_cluster(&node_id).as_ref() != Some(&config.cluster) {
-                    anyhow::bail!("--node-id {node_id:?} must be {}/<replica>", config.cluster);
-                }
-                let params = crate::mesh::node::MeshParams {
-                    config: mesh.clone(),
-                    fleet: crate::identity::FleetName::parse(&config.fleet)?,
-                    cluster: config.cluster.clone(),
-                    node_id,
-                };
+                let params = mesh_params(&config, mesh, options.node_id.clone())?;
                 let (view, task) = crate::mesh::node::start(
                     params,
                     files,
@@ -384,18 +372,32 @@ fn load_all(config: &Config) -> anyhow::Result<BTreeMap<crate::model::ClusterId,
     Ok(inputs)
 }
 
+/// What a peer of `config` joins the mesh with, as node `node_id` (default
+/// `<cluster>/0`), which must be one of the config's cluster.
+fn mesh_params(
+    config: &Config,
+    mesh: &crate::config::MeshConfig,
+    node_id: Option<String>,
+) -> anyhow::Result<crate::mesh::node::MeshParams> {
+    let node_id = node_id.unwrap_or_else(|| format!("{}/0", config.cluster));
+    if crate::mesh::codec::node_cluster(&node_id).as_ref() != Some(&config.cluster) {
+        anyhow::bail!("--node-id {node_id:?} must be {}/<replica>", config.cluster);
+    }
+    Ok(crate::mesh::node::MeshParams {
+        config: mesh.clone(),
+        fleet: crate::identity::FleetName::parse(&config.fleet)?,
+        cluster: config.cluster.clone(),
+        node_id,
+    })
+}
+
 /// `fleetdns check`: validates the config and every services file it names.
 pub fn check(path: &std::path::Path) -> anyhow::Result<CheckSummary> {
     let config = Config::load(path)?;
     let inputs = load_all(&config)?;
     if let Some(mesh) = &config.mesh {
         // The credentials must be ones peers will accept, as `run` requires.
-        let params = crate::mesh::node::MeshParams {
-            config: mesh.clone(),
-            fleet: crate::identity::FleetName::parse(&config.fleet)?,
-            cluster: config.cluster.clone(),
-            node_id: format!("{}/0", config.cluster),
-        };
+        let params = mesh_params(&config, mesh, None)?;
         crate::mesh::node::Credentials::load(&params, SystemClock.unix_seconds())?;
     }
     let lines = inputs
