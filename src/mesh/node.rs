@@ -191,6 +191,28 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> anyhow::Result<(watch::Receiver<SourceView>, tokio::task::JoinHandle<()>)> {
     let credentials = Credentials::load(&params, clock.unix_seconds())?;
+    let (transport, tls) = tls_transport(&params, &credentials, &clock, &metrics)?;
+    spawn(
+        params,
+        credentials,
+        Arc::new(transport),
+        Some(tls),
+        local,
+        clock,
+        metrics,
+        cancel,
+    )
+    .await
+}
+
+/// The mutual-TLS stream transport for `credentials`, counting into `metrics`, and the
+/// TLS state it shares with the node (which reloads it).
+fn tls_transport(
+    params: &MeshParams,
+    credentials: &Credentials,
+    clock: &Arc<dyn Clock>,
+    metrics: &MeshMetrics,
+) -> anyhow::Result<(StreamTransport, Arc<MeshTls>)> {
     let tls = Arc::new(MeshTls::new(
         &credentials.cert_pem,
         &credentials.key_pem,
@@ -203,17 +225,7 @@ pub async fn start(
         metrics.transport_stats(),
         tls.clone(),
     );
-    spawn(
-        params,
-        credentials,
-        Arc::new(transport),
-        Some(tls),
-        local,
-        clock,
-        metrics,
-        cancel,
-    )
-    .await
+    Ok((transport, tls))
 }
 
 /// The transport's settings for this mesh's timing.
@@ -860,15 +872,8 @@ pub async fn leave(
     let credentials = Credentials::load(&params, clock.unix_seconds())?;
     let generation = clock.unix_millis();
     let chitchat_config = chitchat_config(&config, &fleet, &node_id, generation);
-    let tls = MeshTls::new(
-        &credentials.cert_pem,
-        &credentials.key_pem,
-        credentials.trust.clone(),
-        clock.clone(),
-        Arc::default(),
-    )?;
-    let transport =
-        StreamTransport::tls(transport_settings(&config), Arc::default(), Arc::new(tls));
+    let (transport, _) =
+        tls_transport(&params, &credentials, &clock, &MeshMetrics::unregistered())?;
     let handle = spawn_chitchat(chitchat_config, Vec::new(), &transport)
         .await
         .with_context(|| {
