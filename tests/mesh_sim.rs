@@ -666,8 +666,10 @@ async fn a_killed_cluster_goes_unreachable_then_withdrawn_and_returns_only_after
         state(v, "east") == Some(ClusterState::Withdrawn)
     })
     .await;
-    // The staleness clock is east's last signed stamp: withdrawn after max_stale
-    // (5 s here) from it, never before.
+    // The staleness clock is east's last signed stamp, not when west noticed: east is
+    // withdrawn max_stale (5 s, virtual) after that stamp, which was already a stamp
+    // lifetime old when it turned unreachable. A clock started on noticing would
+    // take the full 5 s from there.
     assert!(unreachable_at.elapsed() < Duration::from_secs(5));
 
     let (log, recorder) = record(&west);
