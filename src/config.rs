@@ -162,6 +162,64 @@ pub struct DnsTlsConfig {
     pub key: PathBuf,
 }
 
+/// The admin query API (`admin:`, DESIGN.md §3): read-only JSON under `/v1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token every request must carry. Without one the API binds loopback
+    /// only: what it shows (every cluster, address and peer) is for operators.
+    pub token: Option<AdminToken>,
+    /// TLS for the API (only with a token: on loopback it would protect nothing).
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the admin token comes from: inline (usually `${ENV}`) or a file (a mounted
+/// Secret), read when the API starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminToken {
+    Value(String),
+    File(PathBuf),
+}
+
+impl AdminToken {
+    /// The token, read from its file if it has one, and checked.
+    pub fn read(&self) -> Result<String, ConfigError> {
+        let (token, key) = match self {
+            Self::Value(t) => (t.clone(), "admin.token".to_string()),
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+                    path: path.display().to_string(),
+                    error,
+                })?;
+                (
+                    text.trim().to_string(),
+                    format!("admin.token_file ({})", path.display()),
+                )
+            }
+        };
+        check_token(&token).map_err(|message| ConfigError::Invalid {
+            path: "config".into(),
+            key,
+            message,
+        })?;
+        Ok(token)
+    }
+}
+
+fn check_token(token: &str) -> Result<(), String> {
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must be at least 16 printable characters without spaces".into());
+    }
+    Ok(())
+}
+
+/// A PEM certificate chain (leaf first) and its PKCS#8 key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub fleet: String,
@@ -171,6 +229,8 @@ pub struct Config {
     pub network: NetworkConfig,
     pub dns: DnsConfig,
     pub ops_listen: Option<SocketAddr>,
+    /// The admin API; `None` when the config has no `admin:` section.
+    pub admin: Option<AdminConfig>,
     pub source: SourceConfig,
     /// The peer mesh; `None` for a static fleet.
     pub mesh: Option<MeshConfig>,
@@ -259,6 +319,8 @@ struct RawConfig {
     dns: RawDns,
     #[serde(default)]
     ops: Option<RawOps>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
     source: RawSource,
     #[serde(default)]
     mesh: Option<RawMesh>,
@@ -316,6 +378,25 @@ struct RawOps {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<String>,
+    #[serde(default)]
+    tls: Option<RawTlsFiles>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTlsFiles {
+    cert: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawSource {
     #[serde(default)]
     file: Option<String>,
@@ -338,7 +419,15 @@ impl Config {
             error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut config = Self::parse(&text, &path.display().to_string(), base)?;
+        let origin = path.display().to_string();
+        let text = expand_env(&text, |name| std::env::var(name).ok()).map_err(|message| {
+            ConfigError::Invalid {
+                path: origin.clone(),
+                key: "${...}".into(),
+                message,
+            }
+        })?;
+        let mut config = Self::parse(&text, &origin, base)?;
         if let Some(mesh) = &mut config.mesh {
             mesh.config_file = Some(path.to_path_buf());
         }
@@ -419,6 +508,11 @@ impl Config {
             })
             .transpose()?;
 
+        let admin = raw
+            .admin
+            .map(|a| parse_admin(a, &resolve, &invalid))
+            .transpose()?;
+
         let source = match (raw.source.file, raw.source.files) {
             (Some(f), None) => SourceConfig::File(resolve(&f)),
             (None, Some(files)) => {
@@ -469,10 +563,95 @@ impl Config {
             network,
             dns,
             ops_listen,
+            admin,
             source,
             mesh,
         })
     }
+}
+
+/// Replaces `${NAME}` with the variable's value (DESIGN.md §5: the Deployment passes
+/// `POD_IP` and `POD_NAME` this way); `$${` is a literal `${`. An unset variable is an
+/// error naming it and its line: silently empty would make an address like `:7950`.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let line = text[..text.len() - tail.len()].matches('\n').count() + 1;
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("line {line}: \"${{\" without a closing \"}}\""))?;
+            let name = &after[..end];
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(format!(
+                    "line {line}: {name:?} is not an environment variable name"
+                ));
+            }
+            let value = lookup(name)
+                .ok_or_else(|| format!("line {line}: environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn parse_admin(
+    raw: RawAdmin,
+    resolve: &impl Fn(&str) -> PathBuf,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<AdminConfig, ConfigError> {
+    let listen: SocketAddr = raw
+        .listen
+        .parse()
+        .map_err(|_| invalid("admin.listen", format!("{:?} is not HOST:PORT", raw.listen)))?;
+    let token = match (raw.token, raw.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "admin.token",
+                "set either token or token_file, not both".into(),
+            ));
+        }
+        (Some(t), None) => {
+            check_token(&t).map_err(|e| invalid("admin.token", e))?;
+            Some(AdminToken::Value(t))
+        }
+        (None, Some(f)) => Some(AdminToken::File(resolve(&f))),
+        (None, None) => None,
+    };
+    if token.is_none() && !listen.ip().is_loopback() {
+        return Err(invalid(
+            "admin.listen",
+            format!(
+                "{listen} is not a loopback address: without admin.token the admin API \
+                 binds loopback only"
+            ),
+        ));
+    }
+    let tls = raw.tls.map(|t| TlsFiles {
+        cert: resolve(&t.cert),
+        key: resolve(&t.key),
+    });
+    if tls.is_some() && token.is_none() {
+        return Err(invalid(
+            "admin.tls",
+            "needs admin.token: TLS without authentication would let anyone read".into(),
+        ));
+    }
+    Ok(AdminConfig { listen, token, tls })
 }
 
 fn parse_mesh(
@@ -750,6 +929,100 @@ mod tests {
     }
 
     const MINIMAL: &str = "fleet: f\ncluster: east\nsource: {file: s.yaml}\n";
+
+    #[test]
+    fn admin_without_a_token_stays_on_loopback() {
+        assert_eq!(parse(MINIMAL).unwrap().admin, None);
+        let c = parse(&format!("{MINIMAL}admin: {{listen: \"127.0.0.1:8053\"}}\n")).unwrap();
+        let admin = c.admin.unwrap();
+        assert_eq!(admin.listen, "127.0.0.1:8053".parse().unwrap());
+        assert_eq!(admin.token, None);
+        let err = parse(&format!("{MINIMAL}admin: {{listen: \"0.0.0.0:8053\"}}\n")).unwrap_err();
+        assert!(err.to_string().contains("admin.listen"), "{err}");
+        assert!(err.to_string().contains("0.0.0.0:8053"), "{err}");
+    }
+
+    #[test]
+    fn admin_with_a_token_may_listen_anywhere_and_use_tls() {
+        let text = format!(
+            "{MINIMAL}admin: {{listen: \"0.0.0.0:8053\", token: 0123456789abcdef, tls: {{cert: a.pem, key: a.key}}}}\n"
+        );
+        let admin = parse(&text).unwrap().admin.unwrap();
+        assert_eq!(
+            admin.token,
+            Some(AdminToken::Value("0123456789abcdef".into()))
+        );
+        assert_eq!(
+            admin.tls,
+            Some(TlsFiles {
+                cert: "/etc/fleetdns/a.pem".into(),
+                key: "/etc/fleetdns/a.key".into()
+            })
+        );
+        let file = format!("{MINIMAL}admin: {{listen: \"[::]:8053\", token_file: t}}\n");
+        let admin = parse(&file).unwrap().admin.unwrap();
+        assert_eq!(
+            admin.token,
+            Some(AdminToken::File("/etc/fleetdns/t".into()))
+        );
+        for (bad, key) in [
+            ("{listen: \"127.0.0.1:8053\", token: short}", "admin.token"),
+            (
+                "{listen: \"127.0.0.1:8053\", token: 0123456789abcdef, token_file: t}",
+                "admin.token",
+            ),
+            (
+                "{listen: \"127.0.0.1:8053\", tls: {cert: a, key: b}}",
+                "admin.tls",
+            ),
+            ("{listen: localhost}", "admin.listen"),
+        ] {
+            let err = parse(&format!("{MINIMAL}admin: {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn admin_token_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        assert_eq!(
+            AdminToken::File(path.clone()).read().unwrap(),
+            "0123456789abcdef0123"
+        );
+        std::fs::write(&path, "short\n").unwrap();
+        let err = AdminToken::File(path.clone()).read().unwrap_err();
+        assert!(err.to_string().contains("token_file"), "{err}");
+        let missing = AdminToken::File(dir.path().join("nope"))
+            .read()
+            .unwrap_err();
+        assert!(missing.to_string().contains("nope"), "{missing}");
+    }
+
+    #[test]
+    fn environment_variables_expand_and_unset_ones_are_named() {
+        let env = |name: &str| match name {
+            "POD_IP" => Some("10.1.2.3".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            expand_env("advertise: \"${POD_IP}:7950\"", env).unwrap(),
+            "advertise: \"10.1.2.3:7950\""
+        );
+        assert_eq!(
+            expand_env("a: $${POD_IP} $5", env).unwrap(),
+            "a: ${POD_IP} $5"
+        );
+        let err = expand_env("a: 1\nb: ${NOPE}\n", env).unwrap_err();
+        assert!(err.contains("line 2") && err.contains("NOPE"), "{err}");
+        assert!(
+            expand_env("a: ${POD_IP", env)
+                .unwrap_err()
+                .contains("line 1")
+        );
+        assert!(expand_env("a: ${1X}", env).unwrap_err().contains("\"1X\""));
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

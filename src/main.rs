@@ -66,6 +66,10 @@ enum Command {
         /// This replica's mesh node id, `<cluster>/<replica>` (default `<cluster>/0`).
         #[arg(long)]
         node_id: Option<String>,
+        /// The HOST:PORT other peers reach this one at, overriding `mesh.advertise`
+        /// (in Kubernetes: `$(POD_IP):7950` from the downward API).
+        #[arg(long)]
+        mesh_advertise: Option<std::net::SocketAddr>,
     },
     /// Take this config's cluster out of the fleet: readers drop it at once. Stop the
     /// cluster's peers first.
@@ -194,9 +198,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             drop(files);
             Ok(())
         }
-        Command::Run { config, node_id } => {
+        Command::Run {
+            config,
+            node_id,
+            mesh_advertise,
+        } => {
             let stop = stop_signal();
-            let config = Config::load(&config)?;
+            let mut config = Config::load(&config)?;
+            if let Some(advertise) = mesh_advertise {
+                let Some(mesh) = config.mesh.as_mut() else {
+                    anyhow::bail!("--mesh-advertise {advertise}: the config has no mesh section");
+                };
+                mesh.advertise = advertise;
+            }
             let options = StartOptions {
                 node_id,
                 ..StartOptions::default()
