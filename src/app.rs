@@ -51,6 +51,8 @@ pub struct App {
     /// DNS-over-TLS addresses (`dns.tls_listen`), if any.
     pub dot_addrs: Vec<SocketAddr>,
     pub ops_addr: Option<SocketAddr>,
+    /// The admin API's address (`admin.listen`), if configured.
+    pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     snapshot: SharedSnapshot,
     generation: watch::Receiver<u64>,
@@ -106,6 +108,11 @@ impl App {
                 ]
             },
         );
+        let admin_metrics = config
+            .admin
+            .as_ref()
+            .map(|_| crate::admin::AdminMetrics::register(metrics.registry_mut()));
+        register_refusals(&mut metrics, &snapshot);
         let metrics = Arc::new(metrics);
 
         let mut dns = BoundDns::bind(&config.dns.listen, config.dns.udp_workers).await?;
@@ -147,6 +154,39 @@ impl App {
             None => None,
         };
 
+        let reply = ReplySettings {
+            max_udp_payload: config.dns.max_udp_payload,
+        };
+        let admin_addr = match (&config.admin, admin_metrics) {
+            (Some(admin), Some(admin_metrics)) => {
+                let token = admin.token.as_ref().map(|t| t.read()).transpose()?;
+                let tls = admin
+                    .tls
+                    .as_ref()
+                    .map(|t| crate::dns::dot::tls_server(&t.cert, &t.key, &[b"http/1.1"]))
+                    .transpose()
+                    .context("admin.tls")?;
+                let settings = crate::admin::AdminSettings {
+                    listen: admin.listen,
+                    token,
+                    tls,
+                    reply,
+                };
+                let (bound, serve) = crate::admin::bind(
+                    settings,
+                    snapshot.clone(),
+                    options.clock.clone(),
+                    admin_metrics,
+                    cancel.clone(),
+                )
+                .await
+                .context("starting the admin API")?;
+                tasks.spawn(serve);
+                Some(bound)
+            }
+            _ => None,
+        };
+
         let files = spawn_file_source(
             config.source.files(&config.cluster),
             options.watch.clone(),
@@ -183,12 +223,14 @@ impl App {
             cancel.clone(),
         ));
         let ops_text = ops_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
-        tracing::info!(dns = ?dns_addrs, dot = ?dot_addrs, ops = %ops_text, cluster = %config.cluster, zone = %config.zone.as_str(), "fleetdns serving");
+        let admin_text = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(dns = ?dns_addrs, dot = ?dot_addrs, ops = %ops_text, admin = %admin_text, cluster = %config.cluster, zone = %config.zone.as_str(), "fleetdns serving");
         stop_on_error.disarm();
         Ok(Self {
             dns_addrs,
             dot_addrs,
             ops_addr,
+            admin_addr,
             metrics,
             snapshot,
             generation,
@@ -248,6 +290,46 @@ impl Drop for App {
     }
 }
 
+/// `fleetdns_refused_addresses{reason}` and `fleetdns_unserved_exports{reason}`, read
+/// off the served view at scrape time: what other clusters export that this peer does
+/// not answer, and why (the admin API shows which).
+fn register_refusals(metrics: &mut Metrics, snapshot: &SharedSnapshot) {
+    use crate::view::{Refusal, Served};
+    let count = |snapshot: &SharedSnapshot, addresses: bool| {
+        let snap = snapshot.load();
+        let mut counts = [0u64; Refusal::ALL.len()];
+        for cluster in snap.view.clusters.values() {
+            for served in cluster.services.values() {
+                if addresses {
+                    for (_, reason) in &served.refused {
+                        counts[*reason as usize] += 1;
+                    }
+                } else if let Served::Nothing { reason } = served.served {
+                    counts[reason as usize] += 1;
+                }
+            }
+        }
+        Refusal::ALL
+            .iter()
+            .map(|r| (r.as_str(), counts[*r as usize]))
+            .collect()
+    };
+    let scraped = snapshot.clone();
+    metrics.register_scrape_gauges(
+        "refused_addresses",
+        "Exported addresses this peer does not serve, by reason (in the served view)",
+        "reason",
+        move || count(&scraped, true),
+    );
+    let scraped = snapshot.clone();
+    metrics.register_scrape_gauges(
+        "unserved_exports",
+        "Exports this peer gives no names, by reason (in the served view)",
+        "reason",
+        move || count(&scraped, false),
+    );
+}
+
 /// A static fleet: every services file is a live cluster.
 fn spawn_static_view(
     mut files: watch::Receiver<FileSourceState>,
@@ -281,6 +363,7 @@ fn spawn_static_view(
                 inputs,
                 ready: waiting_for.is_empty(),
                 waiting_for,
+                status: Default::default(),
             });
         }
     });
@@ -305,6 +388,7 @@ async fn publish_loop(
         let view = source.borrow_and_update().clone();
         let readiness = view.readiness();
         let (inputs, waiting_for) = (view.inputs, view.waiting_for);
+        engine.set_status(view.status);
         let now = clock.unix_seconds();
         // A first build of a large fleet takes seconds: keep it off the runtime's
         // workers, which also serve TCP and the ops listener.

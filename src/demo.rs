@@ -15,11 +15,11 @@ pub const FILES: [(&str, &str); 4] = [
     ("central.yaml", include_str!("../config/demo/central.yaml")),
 ];
 
-/// The three demo peers: (cluster, DNS port, ops port, mesh port).
-pub const PEERS: [(&str, u16, u16, u16); 3] = [
-    ("east", 8853, 9153, 7950),
-    ("west", 8854, 9154, 7951),
-    ("central", 8855, 9155, 7952),
+/// The three demo peers: (cluster, DNS port, ops port, mesh port, admin port).
+pub const PEERS: [(&str, u16, u16, u16, u16); 3] = [
+    ("east", 8853, 9153, 7950, 8053),
+    ("west", 8854, 9154, 7951, 8054),
+    ("central", 8855, 9155, 7952, 8055),
 ];
 
 /// The demo's working files: a temporary directory (credentials, peer configs, and the
@@ -62,7 +62,7 @@ pub fn files(unix_now: u64) -> anyhow::Result<DemoFiles> {
     let fleet = FleetName::parse("demo")?;
     let ca = new_ca(&fleet, unix_now, 30)?;
     std::fs::write(work_dir.join("ca.pem"), &ca.cert_pem)?;
-    for (cluster, dns, ops, mesh) in PEERS {
+    for (cluster, dns, ops, mesh, admin) in PEERS {
         let id = crate::model::ClusterId::parse(cluster)?;
         let leaf = issue_leaf(&ca, &fleet, &id, unix_now, 30)?;
         std::fs::write(work_dir.join(format!("{cluster}.pem")), &leaf.cert_pem)?;
@@ -73,7 +73,7 @@ pub fn files(unix_now: u64) -> anyhow::Result<DemoFiles> {
             .map(|p| format!("\"127.0.0.1:{}\"", p.3))
             .collect();
         let config = format!(
-            "fleet: demo\ncluster: {cluster}\nzone: fleet.\ndns: {{listen: [\"127.0.0.1:{dns}\"], advertise: 127.0.0.1}}\nops: {{listen: \"127.0.0.1:{ops}\"}}\nsource: {{file: \"{services}\"}}\nmesh:\n  listen: \"127.0.0.1:{mesh}\"\n  seeds: [{seeds}]\n  cert: {cluster}.pem\n  key: {cluster}.key\n  trust_bundle: [ca.pem]\n  gossip_interval: 200ms\n  alive_interval: 1s\n  max_stale: 10s\n  rejoin_after: 2s\n  bootstrap_timeout: 3s\n",
+            "fleet: demo\ncluster: {cluster}\nzone: fleet.\ndns: {{listen: [\"127.0.0.1:{dns}\"], advertise: 127.0.0.1}}\nops: {{listen: \"127.0.0.1:{ops}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nsource: {{file: \"{services}\"}}\nmesh:\n  listen: \"127.0.0.1:{mesh}\"\n  seeds: [{seeds}]\n  cert: {cluster}.pem\n  key: {cluster}.key\n  trust_bundle: [ca.pem]\n  gossip_interval: 200ms\n  alive_interval: 1s\n  max_stale: 10s\n  rejoin_after: 2s\n  bootstrap_timeout: 3s\n",
             services = files.services_dir.join(format!("{cluster}.yaml")).display(),
             seeds = seeds.join(", "),
         );
@@ -97,5 +97,7 @@ pub fn try_commands(dns: std::net::SocketAddr) -> Vec<String> {
         format!("{at} east.fleet TXT                 # cluster inventory"),
         format!("{at} nope.default.svc.fleet         # NXDOMAIN, SOA in authority"),
         format!("{at} +tcp api.shop.east.fleet AAAA"),
+        "fleetdns query clusters                 # east's admin API (127.0.0.1:8053)".into(),
+        "fleetdns query resolve web.default.svc.fleet   # the answer, and why".into(),
     ]
 }

@@ -3,6 +3,7 @@
 //! The pure core (model, config, view, dns zone/index/wire, snapshot) turns services
 //! into pre-encoded answers; thin edges (source, dns server, ops, app) do the I/O.
 
+pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
@@ -15,4 +16,5 @@ pub mod model;
 pub mod ops;
 pub mod snapshot;
 pub mod source;
+pub mod status;
 pub mod view;

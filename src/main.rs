@@ -97,6 +97,24 @@ enum Command {
         #[arg(required = true)]
         clusters: Vec<String>,
     },
+    /// Ask a running peer's admin API: clusters, peers, services, or how a name resolves.
+    Query {
+        /// The admin API: HOST:PORT or an http(s):// URL [default: $FLEETDNS_ADMIN, else
+        /// 127.0.0.1:8053, east's in `fleetdns demo`].
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        /// Bearer token [default: $FLEETDNS_TOKEN].
+        #[arg(long, global = true)]
+        token: Option<String>,
+        /// PEM CA of the admin API's TLS certificate (implies HTTPS).
+        #[arg(long, global = true)]
+        ca: Option<PathBuf>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        what: QueryCommand,
+    },
     /// Write the zone a config serves as an RFC 1035 zone file.
     DumpZone {
         #[arg(long)]
@@ -105,6 +123,107 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum QueryCommand {
+    /// Every cluster: state, replicas, adopted root, services, versions.
+    Clusters,
+    /// Every mesh member: address, liveness, cluster, role, version.
+    Peers,
+    /// Exported services per cluster, or one service as NAMESPACE/NAME.
+    Services {
+        /// One service, as NAMESPACE/NAME.
+        service: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// The DNS server's exact answer for NAME and TYPE (default A), and why.
+    Resolve {
+        name: String,
+        #[arg(default_value = "A")]
+        qtype: String,
+    },
+}
+
+/// `fleetdns query`: one GET against the admin API, printed as a table or as JSON.
+async fn query(
+    target: fleetdns::admin::client::Target,
+    json: bool,
+    what: QueryCommand,
+) -> anyhow::Result<()> {
+    use fleetdns::admin::{api, client, table};
+    use fleetdns::clock::Clock as _;
+    fn encode(s: &str) -> String {
+        let mut out = String::new();
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+    let path = match &what {
+        QueryCommand::Clusters => "/v1/clusters".to_string(),
+        QueryCommand::Peers => "/v1/peers".to_string(),
+        QueryCommand::Services {
+            service: Some(one), ..
+        } => {
+            let Some((ns, name)) = one.split_once('/') else {
+                anyhow::bail!("service {one:?} is not NAMESPACE/NAME");
+            };
+            format!("/v1/services/{}/{}", encode(ns), encode(name))
+        }
+        QueryCommand::Services {
+            namespace, cluster, ..
+        } => {
+            let mut params = Vec::new();
+            if let Some(ns) = namespace {
+                params.push(format!("namespace={}", encode(ns)));
+            }
+            if let Some(c) = cluster {
+                params.push(format!("cluster={}", encode(c)));
+            }
+            if params.is_empty() {
+                "/v1/services".to_string()
+            } else {
+                format!("/v1/services?{}", params.join("&"))
+            }
+        }
+        QueryCommand::Resolve { name, qtype } => {
+            format!("/v1/resolve?name={}&type={}", encode(name), encode(qtype))
+        }
+    };
+    let body = client::get(&target, &path).await?;
+    if json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let bad =
+        |e: serde_json::Error| anyhow::anyhow!("the admin API answered something unexpected: {e}");
+    let text = match what {
+        QueryCommand::Clusters => {
+            let doc: api::ClustersDoc = serde_json::from_str(&body).map_err(bad)?;
+            table::clusters(&doc, fleetdns::clock::SystemClock.unix_millis())
+        }
+        QueryCommand::Peers => table::peers(&serde_json::from_str(&body).map_err(bad)?),
+        QueryCommand::Services {
+            service: Some(_), ..
+        } => {
+            let doc: api::ServiceOneDoc = serde_json::from_str(&body).map_err(bad)?;
+            table::service(&doc.service, doc.generation)
+        }
+        QueryCommand::Services { .. } => {
+            table::services(&serde_json::from_str(&body).map_err(bad)?)
+        }
+        QueryCommand::Resolve { .. } => table::resolve(&serde_json::from_str(&body).map_err(bad)?),
+    };
+    print!("{text}");
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -179,11 +298,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "services files: {} (edit them: answers follow on every peer)",
                 files.services_dir.display()
             );
-            for ((cluster, _, _, _), app) in fleetdns::demo::PEERS.iter().zip(&apps) {
+            for ((cluster, ..), app) in fleetdns::demo::PEERS.iter().zip(&apps) {
                 let ops = app
                     .ops_addr
                     .map_or_else(String::new, |o| format!(", ops http://{o}/metrics"));
-                println!("peer {cluster}: DNS {}{ops}", app.dns_addrs[0]);
+                let admin = app
+                    .admin_addr
+                    .map_or_else(String::new, |a| format!(", admin http://{a}/v1/clusters"));
+                println!("peer {cluster}: DNS {}{ops}{admin}", app.dns_addrs[0]);
             }
             println!("try (east's view; ports 8854 and 8855 are west's and central's):");
             for cmd in fleetdns::demo::try_commands(apps[0].dns_addrs[0]) {
@@ -275,6 +397,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("wrote {}", file.display());
             }
             Ok(())
+        }
+        Command::Query {
+            admin,
+            token,
+            ca,
+            json,
+            what,
+        } => {
+            let target = fleetdns::admin::client::Target {
+                admin: admin
+                    .or_else(|| std::env::var("FLEETDNS_ADMIN").ok())
+                    .unwrap_or_else(|| "127.0.0.1:8053".into()),
+                token: token.or_else(|| std::env::var("FLEETDNS_TOKEN").ok()),
+                ca,
+            };
+            query(target, json, what).await
         }
         Command::DumpZone { config, output } => {
             let text = fleetdns::app::dump_zone(&config)?;

@@ -15,6 +15,7 @@ use crate::config::{Config, NetworkConfig, ZoneName};
 use crate::dns::index::{AnswerIndex, IndexBuilder, Readiness};
 use crate::dns::zone::{GroupId, ZoneParams, build_group};
 use crate::model::{ClusterId, ServiceExport, ServiceKey};
+use crate::status::MeshStatus;
 use crate::view::{ClusterInput, FleetView};
 
 /// One generation of everything served. Never mutated after it is published.
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub waiting_for: Vec<String>,
     pub view: Arc<FleetView>,
     pub index: Arc<AnswerIndex>,
+    /// The mesh's members, replicas and adopted roots behind this view.
+    pub status: Arc<MeshStatus>,
 }
 
 /// The published snapshot: one writer swaps, every reader loads without a lock.
@@ -196,6 +199,9 @@ pub struct Engine {
     /// The readiness of the last snapshot, kept by single-service updates.
     readiness: Readiness,
     waiting_for: Vec<String>,
+    /// The last published view and index, reused when only the mesh status changed.
+    published: Option<(Arc<FleetView>, Arc<AnswerIndex>)>,
+    status: Arc<MeshStatus>,
 }
 
 impl Engine {
@@ -211,7 +217,14 @@ impl Engine {
             index,
             readiness: Readiness::NotReady,
             waiting_for: Vec::new(),
+            published: None,
+            status: Arc::default(),
         }
+    }
+
+    /// The mesh status that goes into the next snapshot.
+    pub fn set_status(&mut self, status: Arc<MeshStatus>) {
+        self.status = status;
     }
 
     /// Applies a whole new source state, diffed against the current one.
@@ -224,6 +237,24 @@ impl Engine {
     ) -> Snapshot {
         let delta = Delta::between(&self.inputs, &inputs);
         self.inputs = inputs;
+        if delta.clusters.is_empty()
+            && delta.keys.is_empty()
+            && readiness == self.readiness
+            && waiting_for == self.waiting_for
+            && let Some((view, index)) = &self.published
+        {
+            // Only the mesh status moved: same zone, same serial, new generation.
+            self.generation += 1;
+            return Snapshot {
+                generation: self.generation,
+                serial: self.serial,
+                readiness,
+                waiting_for,
+                view: view.clone(),
+                index: index.clone(),
+                status: self.status.clone(),
+            };
+        }
         self.apply_delta(delta, readiness, waiting_for, unix_now)
     }
 
@@ -287,13 +318,17 @@ impl Engine {
             }
             self.index.replace_group(id, &group);
         }
+        let view = Arc::new(self.view.clone());
+        let index = Arc::new(self.index.publish());
+        self.published = Some((view.clone(), index.clone()));
         Snapshot {
             generation: self.generation,
             serial: self.serial,
             readiness,
             waiting_for,
-            view: Arc::new(self.view.clone()),
-            index: Arc::new(self.index.publish()),
+            view,
+            index,
+            status: self.status.clone(),
         }
     }
 }

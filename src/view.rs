@@ -17,7 +17,7 @@ use crate::model::{
 
 /// A cluster's liveness as this peer sees it (DESIGN.md §4 "Cluster states"). A static
 /// fleet's clusters are always live; the mesh decides the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClusterState {
     Live,
@@ -59,7 +59,9 @@ pub struct ClusterInput {
 }
 
 /// Why an address or a whole export is not served here. Bounded: these are metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Refusal {
     /// Another cluster's address inside this peer's own service or pod CIDRs.
@@ -74,6 +76,29 @@ pub enum Refusal {
     NoReadyEndpoint,
     /// `addresses: none`.
     AddressesNone,
+}
+
+impl Refusal {
+    pub const ALL: [Self; 6] = [
+        Self::AddressOverlap,
+        Self::NotConnected,
+        Self::NoIngress,
+        Self::NoAddress,
+        Self::NoReadyEndpoint,
+        Self::AddressesNone,
+    ];
+
+    /// The metric label and admin API code (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AddressOverlap => "address-overlap",
+            Self::NotConnected => "not-connected",
+            Self::NoIngress => "no-ingress",
+            Self::NoAddress => "no-address",
+            Self::NoReadyEndpoint => "no-ready-endpoint",
+            Self::AddressesNone => "addresses-none",
+        }
+    }
 }
 
 /// One per-endpoint name: the endpoints sharing a label are one name with several

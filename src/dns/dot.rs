@@ -20,7 +20,7 @@ pub enum DotError {
         path: String,
         error: crate::identity::IdentityError,
     },
-    #[error("dns.tls_cert and dns.tls_key do not make a TLS server: {0}")]
+    #[error("the certificate and key do not make a TLS server: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
@@ -33,6 +33,11 @@ fn read(path: &Path) -> Result<String, DotError> {
 
 /// The TLS server for DoT connections, from PEM files (chain leaf first; PKCS#8 key).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, DotError> {
+    tls_server(cert, key, &[b"dot"])
+}
+
+/// A TLS server from PEM files offering `alpn` (the admin API uses it for HTTPS).
+pub fn tls_server(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, DotError> {
     let (chain, key_der) =
         crate::identity::chain_and_key_der(&read(cert)?, &read(key)?).map_err(|error| {
             DotError::Pem {
@@ -47,6 +52,6 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, DotEr
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"dot".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -503,6 +503,21 @@ impl AnswerIndex {
     }
 
     /// Number of names (owner names and empty non-terminals).
+    /// The apex's labels, lowercase, leftmost first (`["fleet"]`).
+    pub fn apex_labels(&self) -> Vec<String> {
+        let mut labels = Vec::new();
+        let mut pos = 0;
+        while let Some(&len) = self.apex.get(pos) {
+            if len == 0 {
+                break;
+            }
+            let end = (pos + 1 + len as usize).min(self.apex.len());
+            labels.push(String::from_utf8_lossy(&self.apex[pos + 1..end]).into_owned());
+            pos = end;
+        }
+        labels
+    }
+
     pub fn name_count(&self) -> usize {
         self.names
     }

@@ -563,6 +563,8 @@ pub struct VerifiedRoot {
 
 /// The key of a node's signed liveness stamp.
 pub const ALIVE_KEY: &str = "m:alive";
+/// The fleetdns version a node runs (unsigned, for display: `fleetdns query peers`).
+pub const VERSION_KEY: &str = "m:version";
 
 #[derive(Serialize, Deserialize)]
 struct AliveStamp {

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{ROOT_KEY, RootRejection, RootRole, node_cluster};
+use super::codec::{ROOT_KEY, RootRejection, RootRole, VERSION_KEY, node_cluster};
 use super::liveness::{self, LivenessSettings, Tracked};
 use super::metrics::MeshMetrics;
 use super::peer::{Observer, PeerIdentity, Publisher};
@@ -37,6 +37,7 @@ use crate::dns::index::Readiness;
 use crate::identity::{FleetName, FleetTrust, TrustBundle};
 use crate::model::{ClusterId, LocalExports};
 use crate::source::file::FileSourceState;
+use crate::status::{self, ClusterMesh, Member, MeshStatus, Role, RootSummary, StateChanges};
 use crate::view::{ClusterInput, ClusterState};
 
 /// What the snapshot publisher builds from: every cluster's input and readiness.
@@ -45,6 +46,8 @@ pub struct SourceView {
     pub inputs: BTreeMap<ClusterId, ClusterInput>,
     pub ready: bool,
     pub waiting_for: Vec<String>,
+    /// Members, replicas and roots (empty for a static fleet).
+    pub status: Arc<MeshStatus>,
 }
 
 impl SourceView {
@@ -181,6 +184,19 @@ fn chitchat_config(
     }
 }
 
+fn role(role: RootRole) -> Role {
+    match role {
+        RootRole::Publisher => Role::Publisher,
+        RootRole::Standby => Role::Standby,
+        RootRole::Decommissioned => Role::Decommissioned,
+    }
+}
+
+/// The keys a node holds from its first heartbeat.
+fn initial_keys() -> Vec<(String, String)> {
+    vec![(VERSION_KEY.to_string(), status::VERSION.to_string())]
+}
+
 /// Joins the mesh over the stream transport with the credentials named in the
 /// config; see [`spawn`].
 pub async fn start(
@@ -258,7 +274,7 @@ pub async fn spawn(
     let generation = clock.unix_millis();
     let handle = spawn_chitchat(
         chitchat_config(&params.config, &params.fleet, &params.node_id, generation),
-        Vec::new(),
+        initial_keys(),
         transport.as_ref(),
     )
     .await
@@ -292,6 +308,7 @@ pub async fn spawn(
         pending_exports: BTreeMap::new(),
         started: Instant::now(),
         was_ready: false,
+        state_changes: StateChanges::default(),
         local,
         tx,
     };
@@ -341,6 +358,8 @@ struct Node {
     pending_exports: BTreeMap<ClusterId, Arc<LocalExports>>,
     started: Instant,
     was_ready: bool,
+    /// When each cluster's state last changed (shown by the admin API).
+    state_changes: StateChanges,
     local: watch::Receiver<FileSourceState>,
     tx: watch::Sender<SourceView>,
 }
@@ -413,7 +432,7 @@ impl Node {
                 &self.params.node_id,
                 generation,
             );
-            match spawn_chitchat(config, Vec::new(), self.transport.as_ref()).await {
+            match spawn_chitchat(config, initial_keys(), self.transport.as_ref()).await {
                 Ok(handle) => {
                     let old = std::mem::replace(&mut self.handle, handle);
                     old.abort();
@@ -710,13 +729,15 @@ impl Node {
             .node_states()
             .keys()
             .any(|id| *id.node_id != self.params.node_id);
+        let members = self.members(guard.node_states(), &live);
         drop(guard);
         self.send_pushes(push_to);
         if !met_a_peer && !self.params.config.seeds.is_empty() {
             waiting_roots.push("a first exchange with a mesh peer".into());
         }
         let missing = waiting_roots.clone();
-        let view = self.build_view(&live, now_ms, waiting_roots, pending);
+        let mut view = self.build_view(&live, now_ms, waiting_roots, pending);
+        view.status = Arc::new(self.mesh_status(members, &view.inputs, now_ms));
         if view.ready && !self.was_ready {
             if missing.is_empty() {
                 tracing::info!("caught up with the mesh; ready");
@@ -744,12 +765,81 @@ impl Node {
                     .zip(&view.inputs)
                     .all(|((a, x), (b, y))| {
                         a == b && x.state == y.state && Arc::ptr_eq(&x.exports, &y.exports)
-                    });
+                    })
+                && current.status == view.status;
             if !same {
                 *current = view;
             }
             !same
         });
+    }
+
+    /// Every node chitchat holds, as the admin API shows it.
+    fn members(
+        &self,
+        nodes: &BTreeMap<ChitchatId, NodeState>,
+        live: &HashSet<Arc<str>>,
+    ) -> Vec<Member> {
+        nodes
+            .iter()
+            .map(|(id, state)| {
+                let verified = self.observer.verified(&id.node_id, id.generation_id);
+                Member {
+                    node_id: id.node_id.to_string(),
+                    generation: id.generation_id,
+                    address: id.gossip_advertise_addr,
+                    live: live.contains(&id.node_id),
+                    cluster: verified.map(|r| r.cluster.clone()),
+                    role: verified.map(|r| role(r.role)),
+                    version: state.get(VERSION_KEY).and_then(status::sanitize_version),
+                }
+            })
+            .collect()
+    }
+
+    /// The mesh facts behind a view: members, and per cluster its replicas, adopted
+    /// root and when its state last changed.
+    fn mesh_status(
+        &mut self,
+        members: Vec<Member>,
+        inputs: &BTreeMap<ClusterId, ClusterInput>,
+        now_ms: u64,
+    ) -> MeshStatus {
+        self.state_changes.retain(|c| inputs.contains_key(c));
+        let mut clusters = BTreeMap::new();
+        for (cluster, input) in inputs {
+            self.state_changes.record(cluster, input.state, now_ms);
+            let root = self
+                .observer
+                .adopted()
+                .get(cluster)
+                .filter(|_| *cluster != self.params.cluster)
+                .map(|a| RootSummary {
+                    node_id: a.node_id.clone(),
+                    epoch: a.claim.epoch,
+                    seq: a.claim.seq,
+                    origin_ms: a.claim.origin_ms,
+                    adopted_ms: a.adopted_ms,
+                });
+            let replicas = self
+                .observer
+                .replicas_of(cluster)
+                .map(|(node, _)| node.to_string())
+                .collect();
+            clusters.insert(
+                cluster.clone(),
+                ClusterMesh {
+                    replicas,
+                    root,
+                    state_since_ms: self.state_changes.since_ms(cluster),
+                },
+            );
+        }
+        MeshStatus {
+            self_node: Some(self.params.node_id.clone()),
+            members,
+            clusters,
+        }
     }
 
     fn send_pushes(&self, peers: Vec<SocketAddr>) {
@@ -838,6 +928,7 @@ impl Node {
             ready: waiting_for.is_empty(),
             inputs,
             waiting_for,
+            status: Arc::default(),
         }
     }
 }

@@ -303,6 +303,13 @@ impl Observer {
         by_cluster
     }
 
+    /// What the verified root of one generation of `node_id` made of it, if any.
+    pub fn verified(&self, node_id: &str, generation: u64) -> Option<&Replica> {
+        self.checked
+            .get(&(node_id.to_string(), generation))
+            .and_then(|c| c.replica.as_ref())
+    }
+
     /// Every node with a verified root of `cluster`.
     pub fn replicas_of<'a>(
         &'a self,

@@ -1,0 +1,383 @@
+//! The admin query API on `admin.listen` (DESIGN.md §3): read-only JSON under `/v1`.
+//!
+//! This module owns the HTTP edge: routes, the bearer-token check, optional TLS, and
+//! the request counters. Every handler loads the published snapshot once and hands it
+//! to [`api`], which builds the document, so one response never mixes generations
+//! and the API can never disagree with the DNS server about what is served.
+
+pub mod api;
+pub mod client;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::dns::index::ReplySettings;
+use crate::model::{Namespace, ServiceKey, ServiceName};
+use crate::snapshot::SharedSnapshot;
+use api::ErrorDoc;
+
+/// The endpoints, as the bounded `endpoint` label of the request counter.
+const ENDPOINTS: [&str; 6] = [
+    "clusters", "peers", "services", "service", "resolve", "other",
+];
+
+/// `fleetdns_admin_requests_total{endpoint, code}`.
+#[derive(Clone, Debug)]
+pub struct AdminMetrics {
+    requests: Family<[(&'static str, String); 2], Counter>,
+}
+
+impl AdminMetrics {
+    /// Registers the admin counters once, at startup.
+    pub fn register(registry: &mut Registry) -> Self {
+        let requests = Family::<[(&'static str, String); 2], Counter>::default();
+        registry.register(
+            "admin_requests",
+            "Admin API requests, by endpoint and HTTP status code",
+            requests.clone(),
+        );
+        Self { requests }
+    }
+
+    fn count(&self, endpoint: &'static str, status: StatusCode) {
+        self.requests
+            .get_or_create(&[
+                ("endpoint", endpoint.into()),
+                ("code", status.as_u16().to_string()),
+            ])
+            .inc();
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct AdminState {
+    snapshot: SharedSnapshot,
+    clock: Arc<dyn Clock>,
+    reply: ReplySettings,
+    token: Option<Arc<str>>,
+    metrics: AdminMetrics,
+}
+
+/// Everything the admin listener needs besides the snapshot.
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// The bearer token, already read from its file.
+    pub token: Option<String>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub reply: ReplySettings,
+}
+
+/// Binds the admin listener; the returned future serves until `cancel` fires.
+pub async fn bind(
+    settings: AdminSettings,
+    snapshot: SharedSnapshot,
+    clock: Arc<dyn Clock>,
+    metrics: AdminMetrics,
+    cancel: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
+    let listen = settings.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("admin.listen {listen}: {e}")))?;
+    let local = listener.local_addr()?;
+    let state = AdminState {
+        snapshot,
+        clock,
+        reply: settings.reply,
+        token: settings.token.map(Arc::from),
+        metrics,
+    };
+    let app = router(state);
+    let tls = settings.tls;
+    let serve = async move {
+        let stopped = async move { cancel.cancelled().await };
+        let result = match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Some(config) => {
+                axum::serve(tls::TlsListener::new(listener, config), app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "admin listener stopped");
+        }
+    };
+    Ok((local, serve))
+}
+
+fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/v1/clusters", get(clusters))
+        .route("/v1/peers", get(peers))
+        .route("/v1/services", get(services))
+        .route("/v1/services/{namespace}/{name}", get(service))
+        .route("/v1/resolve", get(resolve))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Checks the bearer token (when one is set) and counts every request by endpoint
+/// and status.
+async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let endpoint = endpoint_label(request.uri().path());
+    let response = match &state.token {
+        Some(token) if !authorized(&request, token) => {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required: send Authorization: Bearer <admin.token>".into(),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"fleetdns\""),
+            );
+            response
+        }
+        _ => next.run(request).await,
+    };
+    state.metrics.count(endpoint, response.status());
+    response
+}
+
+fn endpoint_label(path: &str) -> &'static str {
+    match path.trim_end_matches('/') {
+        "/v1/clusters" => ENDPOINTS[0],
+        "/v1/peers" => ENDPOINTS[1],
+        "/v1/services" => ENDPOINTS[2],
+        p if p.starts_with("/v1/services/") => ENDPOINTS[3],
+        "/v1/resolve" => ENDPOINTS[4],
+        _ => ENDPOINTS[5],
+    }
+}
+
+fn authorized(request: &Request, token: &str) -> bool {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let Some(presented) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
+}
+
+/// Compares without returning early, so response time does not tell how much of a
+/// guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(ErrorDoc { error: message })).into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see openapi.yaml: /v1/clusters, /v1/peers, /v1/services, \
+         /v1/services/{namespace}/{name}, /v1/resolve?name=&type="
+            .into(),
+    )
+}
+
+async fn clusters(State(state): State<AdminState>) -> Response {
+    let snap = state.snapshot.load();
+    axum::Json(api::clusters(&snap, state.clock.unix_millis())).into_response()
+}
+
+async fn peers(State(state): State<AdminState>) -> Response {
+    axum::Json(api::peers(&state.snapshot.load())).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServicesQuery {
+    namespace: Option<String>,
+    cluster: Option<String>,
+}
+
+async fn services(
+    State(state): State<AdminState>,
+    query: Result<Query<ServicesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let snap = state.snapshot.load();
+    axum::Json(api::services(
+        &snap,
+        q.namespace.as_deref(),
+        q.cluster.as_deref(),
+    ))
+    .into_response()
+}
+
+async fn service(
+    State(state): State<AdminState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let key = match (Namespace::parse(&namespace), ServiceName::parse(&name)) {
+        (Ok(namespace), Ok(name)) => ServiceKey { name, namespace },
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match api::service(&state.snapshot.load(), &key) {
+        Some(doc) => axum::Json(doc).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no cluster exports service {name} in namespace {namespace}"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveQuery {
+    name: String,
+    #[serde(rename = "type")]
+    qtype: Option<String>,
+}
+
+async fn resolve(
+    State(state): State<AdminState>,
+    query: Result<Query<ResolveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let snap = state.snapshot.load();
+    let qtype = q.qtype.as_deref().unwrap_or("A");
+    match api::resolve(&snap, state.reply, &q.name, qtype) {
+        Ok(doc) => axum::Json(doc).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+mod tls {
+    //! A TLS listener for `axum::serve`: handshakes run in their own tasks, so a slow
+    //! or silent client never holds up the next one.
+
+    use super::*;
+    use tokio::sync::mpsc;
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::server::TlsStream;
+
+    /// How long a client may take to finish its handshake.
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub struct TlsListener {
+        local: SocketAddr,
+        ready: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+        _accept: tokio::task::JoinHandle<()>,
+    }
+
+    impl TlsListener {
+        pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+            let local = listener
+                .local_addr()
+                .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+            let (tx, ready) = mpsc::channel(64);
+            let acceptor = TlsAcceptor::from(config);
+            let accept = tokio::spawn(async move {
+                loop {
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait, don't spin.
+                            tracing::warn!(error = %e, "admin accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let acceptor = acceptor.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls)) => {
+                                let _ = tx.send((tls, peer)).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                        }
+                    });
+                }
+            });
+            Self {
+                local,
+                ready,
+                _accept: accept,
+            }
+        }
+    }
+
+    impl Drop for TlsListener {
+        fn drop(&mut self) {
+            self._accept.abort();
+        }
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = TlsStream<tokio::net::TcpStream>;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            match self.ready.recv().await {
+                Some(accepted) => accepted,
+                // The accept task only ends when the listener is dropped.
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            Ok(self.local)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_labels_are_bounded() {
+        assert_eq!(endpoint_label("/v1/clusters"), "clusters");
+        assert_eq!(endpoint_label("/v1/services/default/web"), "service");
+        assert_eq!(endpoint_label("/v1/services/"), "services");
+        assert_eq!(endpoint_label("/anything/else/10.1.2.3"), "other");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdeX", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcde", b"0123456789abcdef"));
+    }
+}
