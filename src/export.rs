@@ -309,7 +309,9 @@ fn compute_refs(
             Some(why) => (ExportRefusal::NamespaceDenied, why),
             None => (
                 ExportRefusal::NoService,
-                format!("ServiceExport {ns}/{name} has no Service of the same name"),
+                format!(
+                    "ServiceExport {ns}/{name} has no Service of the same name (or it is being deleted)"
+                ),
             ),
         };
         out.refuse(ns, name, reason, detail);
