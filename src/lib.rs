@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod export;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
