@@ -30,7 +30,8 @@ use fleetdns::identity::{FleetName, issue_leaf, new_ca};
 use fleetdns::mesh::metrics::MeshMetrics;
 use fleetdns::mesh::node::{MeshParams, SourceView, start};
 use fleetdns::model::ClusterId;
-use fleetdns::source::file::{FileSourceState, parse_services_file};
+use fleetdns::source::SourceState;
+use fleetdns::source::file::parse_services_file;
 use fleetdns::view::ClusterState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -410,7 +411,7 @@ fn run(n: usize, timing: Timing) -> String {
 
 /// Fifty services and a marker whose address carries the version; without `svc-49`
 /// when `with_last` is false (the deletion).
-fn exports(cluster: &ClusterId, version: u64, with_last: bool) -> FileSourceState {
+fn exports(cluster: &ClusterId, version: u64, with_last: bool) -> SourceState {
     let mut yaml = String::from("services:\n");
     for s in 0..SERVICES {
         if s == SERVICES - 1 && !with_last {
@@ -428,7 +429,7 @@ fn exports(cluster: &ClusterId, version: u64, with_last: bool) -> FileSourceStat
         version % 256
     ));
     let exports = parse_services_file(&yaml, "bench", cluster).unwrap();
-    FileSourceState {
+    SourceState {
         loaded: BTreeMap::from([(cluster.clone(), Arc::new(exports))]),
         pending: BTreeMap::new(),
     }

@@ -22,7 +22,8 @@ use crate::mesh::metrics::MeshMetrics;
 use crate::mesh::node::SourceView;
 use crate::metrics::Metrics;
 use crate::snapshot::{Engine, SharedSnapshot, Snapshot, SnapshotSettings};
-use crate::source::file::{FileSourceState, spawn_file_source};
+use crate::source::SourceState;
+use crate::source::file::spawn_file_source;
 use crate::source::watch::WatchSettings;
 use crate::view::{ClusterInput, ClusterState};
 
@@ -332,7 +333,7 @@ fn register_refusals(metrics: &mut Metrics, snapshot: &SharedSnapshot) {
 
 /// A static fleet: every services file is a live cluster.
 fn spawn_static_view(
-    mut files: watch::Receiver<FileSourceState>,
+    mut files: watch::Receiver<SourceState>,
     cancel: CancellationToken,
 ) -> watch::Receiver<SourceView> {
     let (tx, rx) = watch::channel(SourceView::default());
@@ -357,7 +358,7 @@ fn spawn_static_view(
             let waiting_for: Vec<String> = state
                 .pending
                 .iter()
-                .map(|(cluster, why)| format!("services file of cluster {cluster}: {why}"))
+                .map(|(cluster, why)| format!("the source of cluster {cluster}: {why}"))
                 .collect();
             tx.send_replace(SourceView {
                 inputs,
@@ -441,7 +442,7 @@ fn load_all(config: &Config) -> anyhow::Result<BTreeMap<crate::model::ClusterId,
     for (cluster, path) in config.source.files(&config.cluster) {
         let key = match &config.source {
             crate::config::SourceConfig::File(_) => "source.file".to_string(),
-            crate::config::SourceConfig::Files(_) => format!("source.files.{cluster}"),
+            _ => format!("source.files.{cluster}"),
         };
         let exports = crate::source::file::load_services_file(&path, &cluster)
             .with_context(|| key.clone())?;

@@ -124,6 +124,27 @@ pub enum SourceConfig {
     File(PathBuf),
     /// A static fleet: every cluster's services file, no mesh.
     Files(BTreeMap<ClusterId, PathBuf>),
+    /// This cluster's Services and EndpointSlices, from its Kubernetes API.
+    Kubernetes(KubeSourceConfig),
+}
+
+/// `source.kubernetes` (DESIGN.md §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSourceConfig {
+    /// A kubeconfig file; `None` means the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    pub export: crate::export::ExportSettings,
+    pub lease: LeaseConfig,
+}
+
+/// The `coordination.k8s.io/v1` Lease that picks the one replica that publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// How long a holder keeps the lease without renewing it. A holder that cannot
+    /// renew stops publishing before this runs out.
+    pub duration: Duration,
 }
 
 impl SourceConfig {
@@ -132,6 +153,7 @@ impl SourceConfig {
         match self {
             Self::File(p) => BTreeMap::from([(local.clone(), p.clone())]),
             Self::Files(m) => m.clone(),
+            Self::Kubernetes(_) => BTreeMap::new(),
         }
     }
 }
@@ -402,6 +424,48 @@ struct RawSource {
     file: Option<String>,
     #[serde(default)]
     files: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    kubernetes: Option<RawKube>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKube {
+    #[serde(default)]
+    kubeconfig: Option<String>,
+    #[serde(default)]
+    export: RawKubeExport,
+    #[serde(default)]
+    lease: RawLease,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKubeExport {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    namespaces: RawNamespaces,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNamespaces {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    duration: Option<String>,
 }
 
 /// Parses a duration such as `5s`, `500ms` or `1m`.
@@ -513,7 +577,20 @@ impl Config {
             .map(|a| parse_admin(a, &resolve, &invalid))
             .transpose()?;
 
+        let kinds = usize::from(raw.source.file.is_some())
+            + usize::from(raw.source.files.is_some())
+            + usize::from(raw.source.kubernetes.is_some());
+        if kinds > 1 {
+            return Err(invalid(
+                "source",
+                "set exactly one of file, files and kubernetes".into(),
+            ));
+        }
         let source = match (raw.source.file, raw.source.files) {
+            _ if raw.source.kubernetes.is_some() => {
+                let kube = raw.source.kubernetes.unwrap_or_default();
+                SourceConfig::Kubernetes(parse_kube(kube, &cluster, &resolve, &invalid)?)
+            }
             (Some(f), None) => SourceConfig::File(resolve(&f)),
             (None, Some(files)) => {
                 if files.is_empty() {
@@ -539,7 +616,8 @@ impl Config {
             (None, None) => {
                 return Err(invalid(
                     "source",
-                    "set file (this cluster's services file) or files (cluster id → services file)"
+                    "set file (this cluster's services file), files (cluster id → services file) \
+                     or kubernetes (this cluster's API)"
                         .into(),
                 ));
             }
@@ -549,10 +627,12 @@ impl Config {
             .mesh
             .map(|m| parse_mesh(m, &resolve, &invalid))
             .transpose()?;
-        if mesh.is_some() && !matches!(source, SourceConfig::File(_)) {
+        if mesh.is_some() && matches!(source, SourceConfig::Files(_)) {
             return Err(invalid(
                 "source",
-                "a mesh peer serves its own cluster: use source.file, not source.files".into(),
+                "a mesh peer serves its own cluster: use source.file or source.kubernetes, \
+                 not source.files"
+                    .into(),
             ));
         }
         Ok(Self {
@@ -607,6 +687,79 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
     }
     out.push_str(rest);
     Ok(out)
+}
+
+fn parse_kube(
+    raw: RawKube,
+    cluster: &ClusterId,
+    resolve: &impl Fn(&str) -> PathBuf,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<KubeSourceConfig, ConfigError> {
+    use crate::export::{ExportMode, ExportSettings};
+    use crate::model::Namespace;
+    let mode = match raw.export.mode.as_deref() {
+        None | Some("auto") => ExportMode::Auto,
+        Some("annotation") => ExportMode::Annotation,
+        Some(other) => {
+            return Err(invalid(
+                "source.kubernetes.export.mode",
+                format!("{other:?} is not auto or annotation"),
+            ));
+        }
+    };
+    let namespaces = |key: &str, list: &[String]| {
+        list.iter()
+            .map(|n| Namespace::parse(n).map_err(|e| invalid(key, format!("{n:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let export = ExportSettings {
+        mode,
+        allow_namespaces: namespaces(
+            "source.kubernetes.export.namespaces.allow",
+            &raw.export.namespaces.allow,
+        )?,
+        deny_namespaces: namespaces(
+            "source.kubernetes.export.namespaces.deny",
+            &raw.export.namespaces.deny,
+        )?,
+    };
+    let lease_namespace = raw.lease.namespace.unwrap_or_else(|| "fleetdns".into());
+    Namespace::parse(&lease_namespace)
+        .map_err(|e| invalid("source.kubernetes.lease.namespace", e.to_string()))?;
+    let lease_name = raw
+        .lease
+        .name
+        .unwrap_or_else(|| format!("fleetdns-{cluster}"));
+    // A Lease name is a DNS subdomain: lowercase labels joined by dots.
+    let name_ok = lease_name.len() <= 253
+        && lease_name
+            .split('.')
+            .all(|l| crate::model::Namespace::parse(l).is_ok());
+    if !name_ok {
+        return Err(invalid(
+            "source.kubernetes.lease.name",
+            format!("{lease_name:?} is not a Kubernetes object name"),
+        ));
+    }
+    let duration = match &raw.lease.duration {
+        None => Duration::from_secs(15),
+        Some(s) => parse_duration(s).map_err(|e| invalid("source.kubernetes.lease.duration", e))?,
+    };
+    if duration < Duration::from_secs(2) || duration.subsec_nanos() != 0 {
+        return Err(invalid(
+            "source.kubernetes.lease.duration",
+            format!("{duration:?} must be whole seconds, at least 2s"),
+        ));
+    }
+    Ok(KubeSourceConfig {
+        kubeconfig: raw.kubeconfig.map(|k| resolve(&k)),
+        export,
+        lease: LeaseConfig {
+            namespace: lease_namespace,
+            name: lease_name,
+            duration,
+        },
+    })
 }
 
 fn parse_admin(
@@ -929,6 +1082,44 @@ mod tests {
     }
 
     const MINIMAL: &str = "fleet: f\ncluster: east\nsource: {file: s.yaml}\n";
+
+    #[test]
+    fn a_kubernetes_source_gets_defaults_and_checked_values() {
+        let text = "fleet: f\ncluster: east\nsource: {kubernetes: {}}\n";
+        let SourceConfig::Kubernetes(k) = parse(text).unwrap().source else {
+            panic!("not a kubernetes source");
+        };
+        assert_eq!(k.kubeconfig, None);
+        assert_eq!(k.export.mode, crate::export::ExportMode::Auto);
+        assert_eq!(k.lease.namespace, "fleetdns");
+        assert_eq!(k.lease.name, "fleetdns-east");
+        assert_eq!(k.lease.duration, Duration::from_secs(15));
+        let text = "fleet: f\ncluster: east\nsource:\n  kubernetes:\n    kubeconfig: kc.yaml\n    export: {mode: annotation, namespaces: {allow: [a], deny: [kube-system]}}\n    lease: {namespace: ops, name: dns.lease, duration: 9s}\n";
+        let SourceConfig::Kubernetes(k) = parse(text).unwrap().source else {
+            panic!("not a kubernetes source");
+        };
+        assert_eq!(k.kubeconfig, Some("/etc/fleetdns/kc.yaml".into()));
+        assert_eq!(k.export.mode, crate::export::ExportMode::Annotation);
+        assert_eq!(k.export.deny_namespaces[0].as_str(), "kube-system");
+        assert_eq!(
+            (k.lease.namespace.as_str(), k.lease.name.as_str()),
+            ("ops", "dns.lease")
+        );
+        for (bad, key) in [
+            ("{kubernetes: {export: {mode: all}}}", "export.mode"),
+            (
+                "{kubernetes: {export: {namespaces: {deny: [Bad_NS]}}}}",
+                "namespaces.deny",
+            ),
+            ("{kubernetes: {lease: {duration: 500ms}}}", "lease.duration"),
+            ("{kubernetes: {lease: {name: Not_A_Name}}}", "lease.name"),
+            ("{kubernetes: {}, file: s.yaml}", "exactly one"),
+            ("{kubernetes: {bogus: 1}}", "bogus"),
+        ] {
+            let err = parse(&format!("fleet: f\ncluster: east\nsource: {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn admin_without_a_token_stays_on_loopback() {

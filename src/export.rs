@@ -67,10 +67,12 @@ impl ExportSettings {
     fn namespace_denial(&self, namespace: &str) -> Option<String> {
         let listed = |list: &[Namespace]| list.iter().any(|n| n.as_str() == namespace);
         if listed(&self.deny_namespaces) {
-            Some(format!("namespace {namespace:?} is in deny_namespaces"))
+            Some(format!(
+                "namespace {namespace:?} is in export.namespaces.deny"
+            ))
         } else if !self.allow_namespaces.is_empty() && !listed(&self.allow_namespaces) {
             Some(format!(
-                "namespace {namespace:?} is not in allow_namespaces"
+                "namespace {namespace:?} is not in export.namespaces.allow"
             ))
         } else {
             None
@@ -1122,7 +1124,7 @@ mod tests {
             ]
         );
         assert!(
-            out.refused[0].detail.contains("deny_namespaces"),
+            out.refused[0].detail.contains("export.namespaces.deny"),
             "{:?}",
             out.refused
         );
@@ -1145,7 +1147,7 @@ mod tests {
             [("default/web".to_string(), ExportRefusal::NamespaceDenied)]
         );
         assert!(
-            out.refused[0].detail.contains("allow_namespaces"),
+            out.refused[0].detail.contains("export.namespaces.allow"),
             "{:?}",
             out.refused
         );

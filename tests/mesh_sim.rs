@@ -24,7 +24,8 @@ use fleetdns::mesh::metrics::MeshMetrics;
 use fleetdns::mesh::node::{Credentials, MeshParams, SourceView, spawn};
 use fleetdns::mesh::peer::{PeerIdentity, Publisher};
 use fleetdns::model::{ClusterId, LocalExports};
-use fleetdns::source::file::{FileSourceState, parse_services_file};
+use fleetdns::source::SourceState;
+use fleetdns::source::file::parse_services_file;
 use fleetdns::view::ClusterState;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
@@ -164,7 +165,7 @@ struct Sim {
 struct Peer {
     node_id: String,
     addr: SocketAddr,
-    local: watch::Sender<FileSourceState>,
+    local: watch::Sender<SourceState>,
     view: watch::Receiver<SourceView>,
     registry: Registry,
     cancel: CancellationToken,
@@ -185,8 +186,8 @@ fn cluster_id(c: &str) -> ClusterId {
     ClusterId::parse(c).unwrap()
 }
 
-fn local_state(cluster: &str, exports: LocalExports) -> FileSourceState {
-    FileSourceState {
+fn local_state(cluster: &str, exports: LocalExports) -> SourceState {
+    SourceState {
         loaded: BTreeMap::from([(cluster_id(cluster), Arc::new(exports))]),
         pending: BTreeMap::new(),
     }

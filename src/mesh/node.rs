@@ -36,7 +36,7 @@ use crate::config::{DEAD_NODE_GRACE_PERIOD, MeshConfig};
 use crate::dns::index::Readiness;
 use crate::identity::{FleetName, FleetTrust, TrustBundle};
 use crate::model::{ClusterId, LocalExports};
-use crate::source::file::FileSourceState;
+use crate::source::SourceState;
 use crate::status::{self, ClusterMesh, Member, MeshStatus, Role, RootSummary, StateChanges};
 use crate::view::{ClusterInput, ClusterState};
 
@@ -201,7 +201,7 @@ fn initial_keys() -> Vec<(String, String)> {
 /// config; see [`spawn`].
 pub async fn start(
     params: MeshParams,
-    local: watch::Receiver<FileSourceState>,
+    local: watch::Receiver<SourceState>,
     clock: Arc<dyn Clock>,
     metrics: MeshMetrics,
     cancel: CancellationToken,
@@ -266,7 +266,7 @@ pub async fn spawn(
     credentials: Credentials,
     transport: Arc<dyn Transport>,
     tls: Option<Arc<MeshTls>>,
-    local: watch::Receiver<FileSourceState>,
+    local: watch::Receiver<SourceState>,
     clock: Arc<dyn Clock>,
     metrics: MeshMetrics,
     cancel: CancellationToken,
@@ -360,7 +360,7 @@ struct Node {
     was_ready: bool,
     /// When each cluster's state last changed (shown by the admin API).
     state_changes: StateChanges,
-    local: watch::Receiver<FileSourceState>,
+    local: watch::Receiver<SourceState>,
     tx: watch::Sender<SourceView>,
 }
 
@@ -919,7 +919,7 @@ impl Node {
         let mut waiting_for: Vec<String> = local
             .pending
             .iter()
-            .map(|(c, why)| format!("services file of cluster {c}: {why}"))
+            .map(|(c, why)| format!("the source of cluster {c}: {why}"))
             .collect();
         if self.started.elapsed() < self.params.config.bootstrap_timeout {
             waiting_for.extend(waiting_roots);

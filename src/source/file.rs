@@ -19,6 +19,7 @@ use crate::model::{
     AddressKind, ClusterId, Endpoint, HostLabel, LocalExports, Namespace, Policy, PortName,
     Protocol, ServiceExport, ServiceKey, ServiceName, ServicePort,
 };
+use crate::source::SourceState;
 use crate::source::watch::{FileEvent, WatchSettings, spawn_file_watch};
 
 #[derive(Debug, thiserror::Error)]
@@ -270,22 +271,6 @@ pub fn load_services_file(
     parse_services_file(&text, &path.display().to_string(), cluster)
 }
 
-/// What a file source has read so far.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FileSourceState {
-    /// The latest good exports of every cluster whose file has parsed at least once.
-    pub loaded: BTreeMap<ClusterId, Arc<LocalExports>>,
-    /// Clusters whose file has never parsed, with why ("not read yet", the error).
-    pub pending: BTreeMap<ClusterId, String>,
-}
-
-impl FileSourceState {
-    /// Every file has parsed once: the source's first full sync is done.
-    pub fn complete(&self) -> bool {
-        self.pending.is_empty()
-    }
-}
-
 /// Watches every file and publishes the latest good state of all of them together.
 /// What the file source read, by outcome; shared with the metrics collector.
 #[derive(Debug, Default)]
@@ -306,8 +291,8 @@ pub fn spawn_file_source(
     settings: WatchSettings,
     stats: Arc<SourceStats>,
     cancel: CancellationToken,
-) -> watch::Receiver<FileSourceState> {
-    let mut state = FileSourceState::default();
+) -> watch::Receiver<SourceState> {
+    let mut state = SourceState::default();
     for (cluster, path) in &files {
         state
             .pending
@@ -510,9 +495,9 @@ services:
         };
         let cancel = CancellationToken::new();
         let mut rx = spawn_file_source(files, settings, Arc::default(), cancel.clone());
-        let wait = |rx: &mut watch::Receiver<FileSourceState>,
+        let wait = |rx: &mut watch::Receiver<SourceState>,
                     what: &'static str,
-                    f: fn(&FileSourceState) -> bool| {
+                    f: fn(&SourceState) -> bool| {
             let mut rx = rx.clone();
             async move {
                 tokio::time::timeout(std::time::Duration::from_secs(10), rx.wait_for(f))
@@ -534,7 +519,7 @@ services:
             "services:\n  - {name: web, namespace: default, ingress: [192.0.2.1]}\n",
         )
         .unwrap();
-        let s = wait(&mut rx, "complete", FileSourceState::complete).await;
+        let s = wait(&mut rx, "complete", SourceState::complete).await;
         assert_eq!(s.loaded[&west].services.len(), 1);
 
         std::fs::write(dir.path().join("west.yaml"), "services: [oops\n").unwrap();
