@@ -563,6 +563,7 @@ fn worker(spec: &Path) {
                 fleet: FleetName::parse("bench").unwrap(),
                 cluster: id.clone(),
                 node_id: format!("{id}/0"),
+                election: Default::default(),
             };
             let (mut view, _task) = start(
                 params,

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::config::SourceConfig;
 use crate::dns::index::{Readiness, ReplySettings};
 use crate::dns::server::{BoundDns, TcpLimits};
 use crate::mesh::metrics::MeshMetrics;
@@ -114,6 +115,13 @@ impl App {
             .as_ref()
             .map(|_| crate::admin::AdminMetrics::register(metrics.registry_mut()));
         register_refusals(&mut metrics, &snapshot);
+        let kube_metrics = match &config.source {
+            SourceConfig::Kubernetes(_) => Some((
+                crate::source::kube::KubeMetrics::register(metrics.registry_mut()),
+                crate::source::lease::LeaseMetrics::register(metrics.registry_mut()),
+            )),
+            _ => None,
+        };
         let metrics = Arc::new(metrics);
 
         let mut dns = BoundDns::bind(&config.dns.listen, config.dns.udp_workers).await?;
@@ -188,16 +196,43 @@ impl App {
             _ => None,
         };
 
-        let files = spawn_file_source(
-            config.source.files(&config.cluster),
-            options.watch.clone(),
-            source_stats,
-            cancel.child_token(),
-        );
+        let mut election = crate::mesh::node::Election::LowestNodeId;
+        let files = match (&config.source, kube_metrics) {
+            (SourceConfig::Kubernetes(kube), Some((kube_metrics, lease_metrics))) => {
+                let client = crate::source::kube::client(kube).await?;
+                if config.mesh.is_some() {
+                    // Only a mesh peer publishes, so only it needs the lease.
+                    let identity = node_id_of(&config, options.node_id.clone())?;
+                    election = crate::mesh::node::Election::Lease(crate::source::lease::spawn(
+                        client.clone(),
+                        kube.lease.clone(),
+                        identity,
+                        options.clock.clone(),
+                        lease_metrics,
+                        cancel.child_token(),
+                    ));
+                }
+                crate::source::kube::spawn(
+                    client,
+                    config.cluster.clone(),
+                    config.cluster_labels.clone(),
+                    kube,
+                    kube_metrics,
+                    cancel.child_token(),
+                )
+            }
+            _ => spawn_file_source(
+                config.source.files(&config.cluster),
+                options.watch.clone(),
+                source_stats,
+                cancel.child_token(),
+            ),
+        };
         let source = match &config.mesh {
             None => spawn_static_view(files, cancel.child_token()),
             Some(mesh) => {
-                let params = mesh_params(&config, mesh, options.node_id.clone())?;
+                let mut params = mesh_params(&config, mesh, options.node_id.clone())?;
+                params.election = election;
                 let (view, task) = crate::mesh::node::start(
                     params,
                     files,
@@ -457,6 +492,16 @@ fn load_all(config: &Config) -> anyhow::Result<BTreeMap<crate::model::ClusterId,
     Ok(inputs)
 }
 
+/// This replica's node id: `--node-id`, default `<cluster>/0`, checked to be of the
+/// config's cluster.
+fn node_id_of(config: &Config, node_id: Option<String>) -> anyhow::Result<String> {
+    let node_id = node_id.unwrap_or_else(|| format!("{}/0", config.cluster));
+    if crate::mesh::codec::node_cluster(&node_id).as_ref() != Some(&config.cluster) {
+        anyhow::bail!("--node-id {node_id:?} must be {}/<replica>", config.cluster);
+    }
+    Ok(node_id)
+}
+
 /// What a peer of `config` joins the mesh with, as node `node_id` (default
 /// `<cluster>/0`), which must be one of the config's cluster.
 fn mesh_params(
@@ -464,15 +509,13 @@ fn mesh_params(
     mesh: &crate::config::MeshConfig,
     node_id: Option<String>,
 ) -> anyhow::Result<crate::mesh::node::MeshParams> {
-    let node_id = node_id.unwrap_or_else(|| format!("{}/0", config.cluster));
-    if crate::mesh::codec::node_cluster(&node_id).as_ref() != Some(&config.cluster) {
-        anyhow::bail!("--node-id {node_id:?} must be {}/<replica>", config.cluster);
-    }
+    let node_id = node_id_of(config, node_id)?;
     Ok(crate::mesh::node::MeshParams {
         config: mesh.clone(),
         fleet: crate::identity::FleetName::parse(&config.fleet)?,
         cluster: config.cluster.clone(),
         node_id,
+        election: crate::mesh::node::Election::LowestNodeId,
     })
 }
 

@@ -263,6 +263,7 @@ impl Sim {
             fleet: self.fleet.clone(),
             cluster: cluster_id(cluster),
             node_id: node_id.to_string(),
+            election: Default::default(),
         };
         let credentials = Credentials::new(
             &params,

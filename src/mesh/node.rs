@@ -75,6 +75,17 @@ pub struct MeshParams {
     pub fleet: FleetName,
     pub cluster: ClusterId,
     pub node_id: String,
+    pub election: Election,
+}
+
+/// How the replicas of a cluster pick the one that publishes.
+#[derive(Debug, Clone, Default)]
+pub enum Election {
+    /// Without Kubernetes: the live replica with the lowest node id.
+    #[default]
+    LowestNodeId,
+    /// The holder of the cluster's Kubernetes Lease (`true` while this replica holds it).
+    Lease(watch::Receiver<bool>),
 }
 
 /// A peer's own certificate chain and key, and what it trusts, as read and checked.
@@ -566,21 +577,26 @@ impl Node {
         }
     }
 
-    /// The publisher rule without Kubernetes (DESIGN.md §4): a replica publishes
-    /// unless a live replica of its cluster with a lower node id has a verified root.
-    /// Whoever publishes outranks every root of the cluster seen so far.
-    /// Returns whether this node's role changed.
+    /// Who publishes (DESIGN.md §4, §5): with a Lease, its holder; without
+    /// Kubernetes, a replica publishes unless a live replica of its cluster with a
+    /// lower node id has a verified root. Whoever publishes outranks every root of the
+    /// cluster seen so far. Returns whether this node's role changed.
     fn elect(&mut self, state: &mut NodeState, live: &HashSet<Arc<str>>, now_ms: u64) -> bool {
         let lifetime =
             u64::try_from(self.settings.stamp_lifetime().as_millis()).unwrap_or(u64::MAX);
         let me = self.params.node_id.as_str();
-        let lower = self
-            .observer
-            .replicas_of(&self.params.cluster)
-            .find(|(node, r)| {
-                *node < me && live.contains(*node) && now_ms.saturating_sub(r.alive_ms) < lifetime
-            })
-            .map(|(node, _)| node.to_string());
+        let lower = match &self.params.election {
+            Election::Lease(held) => (!*held.borrow()).then(|| "the lease holder".to_string()),
+            Election::LowestNodeId => self
+                .observer
+                .replicas_of(&self.params.cluster)
+                .find(|(node, r)| {
+                    *node < me
+                        && live.contains(*node)
+                        && now_ms.saturating_sub(r.alive_ms) < lifetime
+                })
+                .map(|(node, _)| node.to_string()),
+        };
         let role = if lower.is_some() {
             RootRole::Standby
         } else {
@@ -959,6 +975,7 @@ pub async fn leave(
         fleet: fleet.clone(),
         cluster: cluster.clone(),
         node_id: node_id.clone(),
+        election: Election::LowestNodeId,
     };
     let credentials = Credentials::load(&params, clock.unix_seconds())?;
     let generation = clock.unix_millis();

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use crate::model::{ClusterId, LocalExports};
 
 pub mod file;
+pub mod kube;
+pub mod lease;
 pub mod watch;
 
 /// What a source has read so far.
