@@ -1564,3 +1564,42 @@ fn the_readme_commands_name_real_paths_objects_and_keygen_files() {
     assert!(written(from_files["tls.key"]).starts_with("-----BEGIN PRIVATE KEY-----"));
     assert!(written(from_files["ca.crt"]).starts_with("-----BEGIN CERTIFICATE-----"));
 }
+
+/// Every shipped config is one fleetdns accepts as a pod would see it (`${POD_IP}`
+/// expanded), with a Kubernetes source whose lease is named after its cluster.
+#[test]
+fn every_shipped_config_is_accepted_by_fleetdns() {
+    use fleetdns::config::{Config, SourceConfig, expand_env};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "deploy/base/config.yaml",
+        "deploy/overlays/example-east/config.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let text = expand_env(&text, |name| (name == "POD_IP").then(|| "10.0.0.7".into()))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let config = Config::parse(&text, file, Path::new("/etc/fleetdns"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mesh = config.mesh.as_ref().expect("a mesh section");
+        assert_eq!(mesh.advertise.to_string(), "10.0.0.7:7950", "{file}");
+        let SourceConfig::Kubernetes(kube) = &config.source else {
+            panic!("{file}: not a Kubernetes source");
+        };
+        assert_eq!(
+            kube.kubeconfig, None,
+            "{file}: in a pod, the service account"
+        );
+        assert_eq!(kube.lease.namespace, "fleetdns", "{file}");
+        assert_eq!(
+            kube.lease.name,
+            format!("fleetdns-{}", config.cluster),
+            "{file}"
+        );
+        assert!(
+            config
+                .admin
+                .as_ref()
+                .is_some_and(|a| a.listen.ip().is_loopback())
+        );
+    }
+}
