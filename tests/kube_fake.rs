@@ -1111,6 +1111,174 @@ async fn garbage_input_gets_a_status_and_the_server_goes_on() {
     assert_eq!(services.items.len(), 1);
 }
 
+/// Sends a raw request; returns the HTTP status and the body.
+async fn raw(
+    client: &kube::Client,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
+    let mut request = axum::http::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(kube::client::Body::from(body)).unwrap();
+    let response = client.send(request).await.expect("the fake answers");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), usize::MAX)
+        .await
+        .expect("a complete body");
+    (status, body.to_vec())
+}
+
+/// A fixed xorshift sequence: reproducible garbage.
+struct Garbage(u64);
+
+impl Garbage {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Up to `max` bytes, biased towards JSON and selector syntax so that parsers get
+    /// past their first byte.
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        const ALPHABET: &[u8] = b"{}[]\":,=!()~ -_./0123456789abcxyzKIND\x00\xff\\%+";
+        let len = self.below(max);
+        (0..len)
+            .map(|_| ALPHABET[self.below(ALPHABET.len())])
+            .collect()
+    }
+
+    /// A well-formed Lease with one field replaced by a random JSON value: gets past the
+    /// JSON parser to typed decoding and the name and resourceVersion checks.
+    fn lease_json(&mut self) -> Vec<u8> {
+        let text = String::from_utf8_lossy(&self.bytes(12)).into_owned();
+        let values = [
+            json!(text),
+            json!("x"),
+            json!(self.next() % 5000),
+            json!(-1),
+            json!(1.5),
+            json!(true),
+            Value::Null,
+            json!([]),
+            json!({}),
+        ];
+        let fields = [
+            "/apiVersion",
+            "/kind",
+            "/metadata",
+            "/metadata/name",
+            "/metadata/namespace",
+            "/metadata/resourceVersion",
+            "/metadata/generateName",
+            "/spec",
+            "/spec/leaseDurationSeconds",
+            "/spec/holderIdentity",
+        ];
+        let mut obj = lease("default", "x", "peer-a", 15);
+        let field = fields[self.below(fields.len())];
+        if let Some(slot) = obj.pointer_mut(field) {
+            *slot = values[self.below(values.len())].clone();
+        }
+        obj.to_string().into_bytes()
+    }
+
+    /// Percent-encoded random bytes, for paths and query values.
+    fn encoded(&mut self, max: usize) -> String {
+        self.bytes(max)
+            .iter()
+            .map(|b| format!("%{b:02X}"))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn random_bytes_anywhere_get_a_status_never_a_dropped_connection() {
+    let (fake, client, _dir) = setup().await;
+    fake.apply(web("default", "web", "10.96.0.1"));
+    fake.apply(lease("default", "x", "peer-a", 15));
+    let mut g = Garbage(0x9e37_79b9_7f4a_7c15);
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
+    for round in 0..240u32 {
+        let body = if g.next().is_multiple_of(2) {
+            g.bytes(48)
+        } else {
+            g.lease_json()
+        };
+        let (method, uri, content_type) = match round % 6 {
+            0 => ("POST", leases.to_owned(), "application/json"),
+            1 => ("PUT", format!("{leases}/x"), "application/json"),
+            2 => (
+                "PATCH",
+                format!("{leases}/x"),
+                "application/merge-patch+json",
+            ),
+            3 => ("DELETE", format!("{leases}/x"), "application/json"),
+            4 => {
+                let query: Vec<String> = [
+                    "labelSelector",
+                    "fieldSelector",
+                    "limit",
+                    "continue",
+                    "resourceVersion",
+                ]
+                .iter()
+                .map(|k| format!("{k}={}", g.encoded(12)))
+                .collect();
+                (
+                    "GET",
+                    format!("/api/v1/services?{}", query.join("&")),
+                    "application/json",
+                )
+            }
+            _ => {
+                let path = format!("/apis/{}/{}/{}", g.encoded(8), g.encoded(8), g.encoded(8));
+                ("GET", path, "application/json")
+            }
+        };
+        let accept = String::from_utf8_lossy(&g.bytes(20)).into_owned();
+        let accept =
+            if round.is_multiple_of(5) && axum::http::HeaderValue::from_str(&accept).is_ok() {
+                accept
+            } else {
+                "application/json".to_owned()
+            };
+        let headers = [("content-type", content_type), ("accept", accept.as_str())];
+        let (code, reply) = raw(&client, method, &uri, &headers, body.clone()).await;
+        let context = format!(
+            "{method} {uri} accept={accept:?} body={:?}",
+            String::from_utf8_lossy(&body)
+        );
+        let reply: Value =
+            serde_json::from_slice(&reply).unwrap_or_else(|e| panic!("{context}: not JSON ({e})"));
+        if code >= 400 {
+            assert_eq!(reply["kind"], "Status", "{context}: {reply}");
+            assert_eq!(reply["code"], code, "{context}: {reply}");
+            assert!(
+                reply["reason"].as_str().is_some_and(|r| !r.is_empty()),
+                "{context}: {reply}"
+            );
+        }
+        if fake.get(Kind::Lease, "default", "x").is_none() {
+            fake.apply(lease("default", "x", "peer-a", 15));
+        }
+    }
+    let services = Api::<Service>::all(client)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(services.items.len(), 1);
+}
+
 #[tokio::test]
 async fn injected_failures_look_like_the_api_servers() {
     let (fake, client, _dir) = setup().await;

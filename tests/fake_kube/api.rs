@@ -412,17 +412,16 @@ fn wants_aggregated(accept: Option<&str>) -> Option<&'static str> {
             continue;
         }
         let param = |k: &str| params.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
-        if param("as") == Some("APIGroupDiscoveryList") && param("g") == Some("apidiscovery.k8s.io")
-        {
-            match param("v") {
-                Some("v2") => return Some("v2"),
-                Some("v2beta1") => return Some("v2beta1"),
-                _ => {}
-            }
-        }
-        if param("as").is_none() {
+        match (param("as"), param("g"), param("v")) {
             // Plain JSON comes first: the client prefers the legacy documents.
-            return None;
+            (None, _, _) => return None,
+            (Some("APIGroupDiscoveryList"), Some("apidiscovery.k8s.io"), Some("v2")) => {
+                return Some("v2");
+            }
+            (Some("APIGroupDiscoveryList"), Some("apidiscovery.k8s.io"), Some("v2beta1")) => {
+                return Some("v2beta1");
+            }
+            _ => {}
         }
     }
     None

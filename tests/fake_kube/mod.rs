@@ -444,6 +444,14 @@ impl FakeKube {
         let (kind, obj) = builders::check_shape(obj).unwrap_or_else(|e| panic!("apply: {e}"));
         let (stored, rv) = {
             let mut state = self.shared.lock();
+            if kind == Kind::ServiceExport {
+                let version = obj["apiVersion"].as_str().unwrap_or_default();
+                let served = state.mcs.versions().iter().any(|v| version.ends_with(v));
+                assert!(
+                    served,
+                    "apply: the ServiceExport CRD does not serve {version}"
+                );
+            }
             let stored = state.store.put(kind, obj, true);
             (stored, state.store.resource_version())
         };
