@@ -513,10 +513,18 @@ impl FakeKube {
     }
 
     /// The API server goes away: the port refuses connections, every open connection
-    /// (watches included) is cut. The store is kept.
+    /// (watches included) is cut. The store is kept. When this returns, no watch is open.
     pub async fn go_down(&self) {
         Shared::bump(&self.shared.kill);
         self.net.go_down().await;
+        // A cut stream is dropped once hyper has seen its connection fail, a moment
+        // later. Bounded, so that a wedged connection cannot hang a test here.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.open_watches() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
     }
 
     /// Listens again on the same port.
