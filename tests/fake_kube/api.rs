@@ -297,8 +297,7 @@ impl Query {
         )
     }
 
-    /// The last value of `key` (as Go's `url.Values.Get` returns the first, a client
-    /// sending one of each is what matters).
+    /// The first value of `key`, as the API server (Go's `url.Values.Get`) reads it.
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
@@ -713,7 +712,8 @@ fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     Ok((rv, start.to_owned()))
 }
 
-/// The label and field selectors of a list or watch.
+/// What a list or watch selects: the namespace of its path, the name of a single-object
+/// watch, and its label and field selectors.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Filter {
     pub namespace: Option<String>,
