@@ -232,6 +232,19 @@ async fn reflector_lists_then_follows_adds_modifies_and_deletes() {
     .await;
     // All of it came through one LIST and the watch that followed.
     assert_eq!(requests(&fake, Kind::Service, Verb::List).len(), 1);
+
+    // The legacy watch of one object by its path streams just that object.
+    let uri = "/api/v1/namespaces/default/services/web?watch=true&timeoutSeconds=1";
+    let (code, body) = raw(&client, "GET", uri, &[], Vec::new()).await;
+    assert_eq!(code, 200);
+    let events: Vec<Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "web");
 }
 
 #[tokio::test]
@@ -1323,6 +1336,22 @@ async fn injected_failures_look_like_the_api_servers() {
     let store = start_reflector(api, watcher::Config::default());
     ready(&store).await;
     assert_eq!(names(&store), ["default/web"]);
+
+    // An injected 410 on a watch comes as the API server sends it, an ERROR event on
+    // HTTP 200, and the watcher relists.
+    let lists = requests(&fake, Kind::Service, Verb::List).len();
+    fake.fail_next(Verb::Watch, Kind::Service, 410);
+    fake.drop_watches();
+    eventually("the watcher relists after the injected 410", || {
+        (requests(&fake, Kind::Service, Verb::List).len() > lists).then_some(())
+    })
+    .await;
+    let watches = requests(&fake, Kind::Service, Verb::Watch);
+    assert!(
+        watches
+            .iter()
+            .any(|w| w.status == 200 && w.watch_error == Some(410))
+    );
 }
 
 #[tokio::test]

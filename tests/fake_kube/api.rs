@@ -297,8 +297,7 @@ impl Query {
         )
     }
 
-    /// The last value of `key` (as Go's `url.Values.Get` returns the first, a client
-    /// sending one of each is what matters).
+    /// The first value of `key`, as the API server (Go's `url.Values.Get`) reads it.
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
@@ -599,6 +598,8 @@ async fn serve(
     let verb = match (method, &target.name) {
         (&Method::GET, None) if query.flag("watch") => Verb::Watch,
         (&Method::GET, None) => Verb::List,
+        // The legacy watch of one object by its path: a watch with a name selector.
+        (&Method::GET, Some(_)) if query.flag("watch") => Verb::Watch,
         (&Method::GET, Some(_)) => Verb::Get,
         (&Method::POST, None) if target.namespace.is_some() => Verb::Create,
         (&Method::PUT, Some(_)) => Verb::Update,
@@ -608,18 +609,17 @@ async fn serve(
     };
     record.kind = Some(target.kind);
     record.verb = Some(verb);
-    if let Some(code) = take_failure(shared, verb, target.kind) {
-        return Err(ApiError::injected(
-            code,
-            verb,
-            target.kind,
-            target.namespace.as_deref(),
-        ));
+    let mut injected = take_failure(shared, verb, target.kind)
+        .map(|code| ApiError::injected(code, verb, target.kind, target.namespace.as_deref()));
+    // Past authentication and authorization, the API server reports a watch's failures
+    // (410 Expired above all) as an ERROR event on HTTP 200, never as the HTTP status.
+    if let Some(error) = injected.take_if(|e| verb != Verb::Watch || e.code != 410) {
+        return Err(error);
     }
     match verb {
         Verb::Watch => {
             let shape = negotiate(accept, Reads::Watch)?;
-            watch::start(shared.clone(), &target, &query, shape, record)
+            watch::start(shared.clone(), &target, &query, shape, injected, record)
         }
         Verb::List => list(shared, &target, &query, negotiate(accept, Reads::List)?),
         Verb::Get => get(shared, &target, negotiate(accept, Reads::Object)?),
@@ -712,10 +712,12 @@ fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     Ok((rv, start.to_owned()))
 }
 
-/// The label and field selectors of a list or watch.
+/// What a list or watch selects: the namespace of its path, the name of a single-object
+/// watch, and its label and field selectors.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Filter {
     pub namespace: Option<String>,
+    pub name: Option<String>,
     pub labels: LabelSelector,
     pub fields: FieldSelector,
 }
@@ -724,6 +726,7 @@ impl Filter {
     pub(crate) fn parse(target: &Target, query: &Query) -> Result<Filter, ApiError> {
         Ok(Filter {
             namespace: target.namespace.clone(),
+            name: target.name.clone(),
             labels: LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
                 .map_err(ApiError::bad_request)?,
             fields: FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
@@ -735,6 +738,10 @@ impl Filter {
         self.namespace
             .as_deref()
             .is_none_or(|ns| obj["metadata"]["namespace"] == ns)
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|name| obj["metadata"]["name"] == name)
             && self.labels.matches(obj)
             && self.fields.matches(obj)
     }

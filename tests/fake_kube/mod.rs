@@ -29,8 +29,13 @@
 //! Deliberately not covered: admission and defaulting (a POSTed Service gets no ClusterIP;
 //! builders here make complete objects), server-side apply, JSON and strategic-merge
 //! patches, subresources (`/status`), deletecollection, managedFields, protobuf, Table
-//! output, other kinds, RBAC (every authenticated request is allowed unless a 403 is
-//! injected), HTTP/2.
+//! output, other kinds (no Namespaces, Pods), RBAC (every authenticated request is allowed
+//! unless a 403 is injected), HTTP/2. History is kept until [`FakeKube::compact`] (no
+//! sliding watch-cache window) and continue tokens expire only then, not after 5 minutes.
+//! Field selectors know `metadata.name` and `metadata.namespace` only.
+//!
+//! Like the real API server, list items of built-in kinds carry no apiVersion/kind
+//! (kubernetes/kubernetes#3030); single objects, watch events and custom resources do.
 //!
 //! Use from a test crate: `#[path = "fake_kube/mod.rs"] mod fake_kube;`.
 #![allow(dead_code)]

@@ -204,6 +204,7 @@ pub(crate) fn start(
     target: &Target,
     query: &Query,
     shape: Shape,
+    injected: Option<ApiError>,
     record: &mut RequestRecord,
 ) -> Result<Response, ApiError> {
     let filter = Filter::parse(target, query)?;
@@ -279,6 +280,10 @@ pub(crate) fn start(
                 .collect()
         };
         match requested {
+            _ if let Some(error) = &injected => {
+                record.watch_error = Some(error.code);
+                watch.error(error);
+            }
             Some(rv) if rv > current => watch.error(&ApiError::too_large(rv, current)),
             _ if send_initial => {
                 watch.initial_events(current_objects());
