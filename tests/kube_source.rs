@@ -504,11 +504,9 @@ async fn lease_fleet(fake: &FakeKube) -> LeaseFleet {
     }
 }
 
-fn held(app: &App) -> impl std::future::Future<Output = bool> + '_ {
-    async move {
-        let m = http_get(app.ops_addr.unwrap(), "/metrics").await.body;
-        m.lines().any(|l| l == "fleetdns_lease_held 1")
-    }
+async fn held(app: &App) -> bool {
+    let m = http_get(app.ops_addr.unwrap(), "/metrics").await.body;
+    m.lines().any(|l| l == "fleetdns_lease_held 1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
