@@ -831,3 +831,169 @@ pub fn parse_dig(output: &str) -> DigAnswer {
     );
     parsed
 }
+
+// ---------------------------------------------------------------------------
+// Network namespaces: a pod's view of DNS
+// ---------------------------------------------------------------------------
+
+/// A network namespace linked to this one by a veth pair, with its own
+/// `/etc/netns/<name>/resolv.conf` (what `ip netns exec` shows programs as
+/// `/etc/resolv.conf`): a host as a pod sees the network. Needs root (CI runs
+/// as root); removed on drop.
+pub struct NetNs {
+    pub name: String,
+    /// This side's address on the veth link.
+    pub host_ip: Ipv4Addr,
+    /// The namespace's address on the veth link.
+    pub ns_ip: Ipv4Addr,
+    host_link: String,
+}
+
+fn ip(args: &[&str]) {
+    let ip = require_tool("ip", "iproute2");
+    let out = Command::new(ip).args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {} (network namespaces need root)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetNs {
+    /// Creates the namespace with `lo` up (a new namespace's loopback is down) and a
+    /// /30 veth link to this namespace; `resolv_conf` becomes its resolv.conf.
+    pub fn create(tag: &str, resolv_conf: &str) -> NetNs {
+        let id = std::process::id() % 200 + 20;
+        let name = format!("fdns-{tag}-{}", std::process::id());
+        let host_link = format!("fdh{id}{}", &tag[..tag.len().min(4)]);
+        let ns_link = format!("fdn{id}{}", &tag[..tag.len().min(4)]);
+        let host_ip = Ipv4Addr::new(10, 253, id as u8, 1);
+        let ns_ip = Ipv4Addr::new(10, 253, id as u8, 2);
+        // Leftovers of a killed earlier run with the same pid would make `add` fail.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &host_link])
+            .output();
+        ip(&["netns", "add", &name]);
+        let ns = NetNs {
+            name: name.clone(),
+            host_ip,
+            ns_ip,
+            host_link: host_link.clone(),
+        };
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &ns_link,
+        ]);
+        ip(&["link", "set", &ns_link, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_link]);
+        ip(&["link", "set", &host_link, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_link,
+        ]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &ns_link, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        let etc = PathBuf::from("/etc/netns").join(&name);
+        fs::create_dir_all(&etc).expect("create /etc/netns/<name>");
+        write_file(&etc.join("resolv.conf"), resolv_conf);
+        ns
+    }
+
+    /// Runs a command inside the namespace and returns its output.
+    pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// Starts unbound inside the namespace on 127.0.0.1:53 (where glibc looks),
+    /// forwarding `zone` to `upstream` and answering NXDOMAIN for `cluster.local`
+    /// as a cluster's own DNS would, so a pod's search list falls through to the
+    /// name itself. Waits until it answers.
+    pub fn start_unbound(&self, zone: &str, upstream: SocketAddr) -> NetnsDaemon {
+        let unbound = require_tool("unbound", "unbound");
+        require_tool("dig", "bind9-dnsutils");
+        let dir = tempfile::Builder::new()
+            .prefix("unbound-netns-")
+            .tempdir()
+            .expect("tempdir");
+        let zone = absolute(zone);
+        let mut conf = unbound_conf(dir.path(), 53, &zone, upstream);
+        conf = conf.replace(
+            "stub-zone:",
+            "    local-zone: \"cluster.local.\" static\nstub-zone:",
+        );
+        let conf_path = dir.path().join("unbound.conf");
+        write_file(&conf_path, &conf);
+        let log = dir.path().join("unbound.log");
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name])
+            .arg(&unbound)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf_path);
+        let child = spawn_logged(command, &log).expect("start unbound in the namespace");
+        let daemon = NetnsDaemon {
+            child,
+            log,
+            _dir: dir,
+        };
+        let answered = poll_until(START_TIMEOUT, || {
+            let out = self.exec("dig", &["+time=1", "+tries=1", "@127.0.0.1", &zone, "SOA"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("status:")
+                .then_some(())
+        });
+        if answered.is_none() {
+            panic!(
+                "unbound did not answer in {}; its log:\n{}",
+                self.name,
+                daemon.log()
+            );
+        }
+        daemon
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .output();
+        let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
+    }
+}
+
+/// A daemon running inside a [`NetNs`]; killed on drop.
+pub struct NetnsDaemon {
+    child: Child,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl NetnsDaemon {
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NetnsDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
