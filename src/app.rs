@@ -528,10 +528,32 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<CheckSummary> {
         let params = mesh_params(&config, mesh, None)?;
         crate::mesh::node::Credentials::load(&params, SystemClock.unix_seconds())?;
     }
-    let lines = inputs
+    let mut lines: Vec<String> = inputs
         .iter()
         .map(|(id, input)| format!("cluster {id}: {} services", input.exports.services.len()))
         .collect();
+    if let SourceConfig::Kubernetes(kube) = &config.source {
+        // The API itself is not contacted (check must work offline); the kubeconfig
+        // must at least be one kube can read.
+        let from = match &kube.kubeconfig {
+            Some(path) => {
+                kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("source.kubernetes.kubeconfig: {}", path.display()))?;
+                format!("kubeconfig {}", path.display())
+            }
+            None => "the pod's service account".to_string(),
+        };
+        lines.push(format!(
+            "cluster {}: Kubernetes API from {from}; publisher chosen by Lease {}/{}",
+            config.cluster, kube.lease.namespace, kube.lease.name
+        ));
+    }
+    if let Some(admin) = &config.admin {
+        if let Some(token) = &admin.token {
+            token.read()?;
+        }
+        lines.push(format!("admin API on {}", admin.listen));
+    }
     Ok(CheckSummary {
         cluster: config.cluster.to_string(),
         zone: config.zone.as_str().to_string(),

@@ -49,7 +49,22 @@ fn check_names_the_bad_key_or_value_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     // (config, services files to write, what the error must name)
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
-    let cases: [Case; 6] = [
+    let cases: [Case; 9] = [
+        (
+            "fleet: f\ncluster: east\nsource: {kubernetes: {kubeconfig: nokube.yaml}}\n",
+            &[],
+            &["source.kubernetes.kubeconfig", "nokube.yaml"],
+        ),
+        (
+            "fleet: f\ncluster: east\nsource: {file: a.yaml}\nadmin: {listen: \"127.0.0.1:1\", token_file: notoken}\n",
+            &[("a.yaml", "services: []\n")],
+            &["notoken"],
+        ),
+        (
+            "fleet: f\ncluster: east\nsource: {file: a.yaml}\ndns: {advertise: \"${FLEETDNS_TEST_UNSET}\"}\n",
+            &[("a.yaml", "services: []\n")],
+            &["FLEETDNS_TEST_UNSET", "line 4"],
+        ),
         (
             "fleet: f\ncluster: svc\nsource: {file: a.yaml}\n",
             &[],
@@ -93,6 +108,25 @@ fn check_names_the_bad_key_or_value_and_fails() {
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
     }
+}
+
+#[test]
+fn check_accepts_a_kubernetes_source_without_contacting_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
+    let path = write_config(
+        dir.path(),
+        "fleet: f\ncluster: east\nsource: {kubernetes: {kubeconfig: kc.yaml}}\n",
+        &[("kc.yaml", kubeconfig)],
+    );
+    let out = run(&["check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Kubernetes API from kubeconfig")
+            && stdout.contains("fleetdns/fleetdns-east"),
+        "{stdout}"
+    );
 }
 
 #[test]
