@@ -95,7 +95,7 @@ async fn until_the_services_file_exists_the_peer_is_unready_and_never_says_nxdom
         r.body.contains("east.yaml").then_some(r.body)
     })
     .await;
-    assert!(body.contains("services file"), "{body:?}");
+    assert!(body.contains("source of cluster east"), "{body:?}");
     assert_eq!(peer.metric("fleetdns_ready").await, 0.0);
 
     // Names that will exist and names that will not: SERVFAIL either way, over UDP and
