@@ -9,8 +9,9 @@
 //! and Services that reach the ports the config listens on, RBAC, the config's keys,
 //! the CoreDNS block, the Dockerfile, and the README's commands.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -356,39 +357,13 @@ fn read(path: &str) -> String {
 // ---------------------------------------------------------------------------------
 // Schema validation
 
-/// A virtualenv with the pinned validator, made once per target directory. nextest
-/// runs each test in its own process: a file lock keeps two from building it at once.
+/// A virtualenv with the pinned validator, made once per target directory.
 fn validator_python() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let venv = dir.join(format!(
-        "kubernetes-validate-venv-{}",
-        VALIDATOR_PACKAGES[0].trim_start_matches("kubernetes-validate==")
-    ));
-    let installed = venv.join(".installed");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock = File::create(dir.join("kubernetes-validate-venv.lock")).unwrap();
-    lock.lock().unwrap();
-    if !installed.exists() {
-        // Left over from an interrupted install: start again.
-        let _ = std::fs::remove_dir_all(&venv);
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 (apt-get install python3-venv)");
-        assert!(
-            made.success(),
-            "python3 -m venv failed: apt-get install python3-venv"
-        );
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(VALIDATOR_PACKAGES)
-            .status()
-            .expect("run pip");
-        assert!(pip.success(), "pip install {VALIDATOR_PACKAGES:?} failed");
-        std::fs::write(&installed, "").unwrap();
-    }
-    venv.join("bin/python")
+    let version = VALIDATOR_PACKAGES[0].trim_start_matches("kubernetes-validate==");
+    support::python_venv(
+        &format!("kubernetes-validate-venv-{version}"),
+        VALIDATOR_PACKAGES,
+    )
 }
 
 /// Validates every object of every input (a list of {source, text}) and prints one

@@ -997,3 +997,43 @@ impl Drop for NetnsDaemon {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Python tools from PyPI
+// ---------------------------------------------------------------------------
+
+/// A virtualenv named `name` under the target directory with the pinned `packages`,
+/// made once and reused; returns its `python`. nextest runs each test in its own
+/// process, so a file lock keeps two from building it at once, and a marker written
+/// last makes an interrupted install start again.
+pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let venv = dir.join(name);
+    let installed = venv.join(".installed");
+    fs::create_dir_all(&dir).expect("create the target's tmp directory");
+    let lock = File::create(dir.join(format!("{name}.lock"))).expect("create the venv lock");
+    lock.lock().expect("lock the venv");
+    if !installed.exists() {
+        let _ = fs::remove_dir_all(&venv);
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 (apt-get install python3-venv)");
+        assert!(
+            made.success(),
+            "python3 -m venv failed: apt-get install python3-venv"
+        );
+        let pip = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages)
+            .status()
+            .expect("run pip");
+        assert!(
+            pip.success(),
+            "pip install {packages:?} failed (needs PyPI)"
+        );
+        fs::write(&installed, "").expect("mark the venv installed");
+    }
+    venv.join("bin/python")
+}
