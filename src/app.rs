@@ -203,14 +203,19 @@ impl App {
                 if config.mesh.is_some() {
                     // Only a mesh peer publishes, so only it needs the lease.
                     let identity = node_id_of(&config, options.node_id.clone())?;
-                    election = crate::mesh::node::Election::Lease(crate::source::lease::spawn(
+                    let (held, task) = crate::source::lease::spawn(
                         client.clone(),
                         kube.lease.clone(),
                         identity,
                         options.clock.clone(),
                         lease_metrics,
                         cancel.child_token(),
-                    ));
+                    );
+                    // Shutdown waits for it: a held lease is released on the way out.
+                    tasks.spawn(async move {
+                        let _ = task.await;
+                    });
+                    election = crate::mesh::node::Election::Lease(held);
                 }
                 crate::source::kube::spawn(
                     client,

@@ -258,15 +258,11 @@ async fn follow_service_exports(
             }
         };
         tracing::info!(version = %resource.version, "watching MCS ServiceExports");
-        let until = cancel.child_token();
-        let stop = until.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(DISCOVERY_INTERVAL).await;
-            stop.cancel();
-        });
-        watch_service_exports(&client, &resource, &state, &metrics, &changed, &until).await;
-        if cancel.is_cancelled() {
-            return;
+        let rediscover = tokio::time::Instant::now() + DISCOVERY_INTERVAL;
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep_until(rediscover) => {}
+            () = watch_service_exports(&client, &resource, &state, &metrics, &changed) => {}
         }
     }
 }
@@ -286,7 +282,6 @@ async fn watch_service_exports(
     state: &watch::Sender<Mcs>,
     metrics: &KubeMetrics,
     changed: &Notify,
-    until: &CancellationToken,
 ) {
     // Metadata only: the set of (namespace, name) is all an export needs.
     let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), resource);
@@ -295,9 +290,8 @@ async fn watch_service_exports(
     // The set being relisted, swapped in whole at InitDone like kube's own stores.
     let mut relisting: Option<BTreeSet<(String, String)>> = None;
     loop {
-        let item = tokio::select! {
-            () = until.cancelled() => return,
-            item = stream.next() => match item { Some(item) => item, None => return },
+        let Some(item) = stream.next().await else {
+            return;
         };
         observe(Kind::ServiceExport, &item, metrics, changed);
         let key = |m: &PartialObjectMeta<DynamicObject>| {

@@ -104,7 +104,8 @@ fn micro_time(ms: i64) -> Option<MicroTime> {
 }
 
 /// Runs the lease loop for `identity` (the node id) until cancelled; the receiver
-/// says whether this replica holds the lease.
+/// says whether this replica holds the lease. The task ends after releasing a held
+/// lease, so awaiting it lets a replica that shuts down hand over at once.
 pub fn spawn(
     client: Client,
     config: LeaseConfig,
@@ -112,10 +113,10 @@ pub fn spawn(
     clock: Arc<dyn Clock>,
     metrics: LeaseMetrics,
     cancel: CancellationToken,
-) -> watch::Receiver<bool> {
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         // Renew three times per lease period; give up holding it after two thirds of
         // the period without a successful renewal, well before others may take over.
         let every = config.duration / 3;
@@ -161,7 +162,7 @@ pub fn spawn(
             }
         }
     });
-    rx
+    (rx, task)
 }
 
 /// One round: returns whether this replica holds the lease after it.
