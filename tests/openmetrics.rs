@@ -12,25 +12,7 @@ use hickory_proto::rr::RecordType;
 
 /// A virtualenv with `prometheus-client`, made once per target directory.
 fn python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("openmetrics-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 (apt-get install python3-venv)");
-        assert!(
-            made.success(),
-            "python3 -m venv failed: apt-get install python3-venv"
-        );
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "prometheus-client==0.21.1"])
-            .status()
-            .expect("run pip");
-        assert!(installed.success(), "pip install prometheus-client failed");
-    }
-    python
+    common::venv::venv("openmetrics", &["prometheus-client==0.21.1"]).join("bin/python")
 }
 
 const PARSE: &str = r#"
