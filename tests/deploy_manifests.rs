@@ -359,11 +359,7 @@ fn read(path: &str) -> String {
 
 /// A virtualenv with the pinned validator, made once per target directory.
 fn validator_python() -> PathBuf {
-    let version = VALIDATOR_PACKAGES[0].trim_start_matches("kubernetes-validate==");
-    support::python_venv(
-        &format!("kubernetes-validate-venv-{version}"),
-        VALIDATOR_PACKAGES,
-    )
+    support::python_venv("kubernetes-validate", VALIDATOR_PACKAGES).join("bin/python")
 }
 
 /// Validates every object of every input (a list of {source, text}) and prints one

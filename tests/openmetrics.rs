@@ -13,7 +13,7 @@ use hickory_proto::rr::RecordType;
 
 /// A virtualenv with `prometheus-client`, made once per target directory.
 fn python() -> PathBuf {
-    support::python_venv("openmetrics-venv-0.21.1", &["prometheus-client==0.21.1"])
+    support::python_venv("openmetrics", &["prometheus-client==0.21.1"]).join("bin/python")
 }
 
 const PARSE: &str = r#"

@@ -239,8 +239,14 @@ async fn services(
 
 async fn service(
     State(state): State<AdminState>,
-    Path((namespace, name)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
 ) -> Response {
+    // A segment that does not decode (e.g. invalid UTF-8) gets the JSON error
+    // document too, not axum's plain-text rejection.
+    let Path((namespace, name)) = match path {
+        Ok(path) => path,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     let key = match (Namespace::parse(&namespace), ServiceName::parse(&name)) {
         (Ok(namespace), Ok(name)) => ServiceKey { name, namespace },
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),

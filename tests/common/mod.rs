@@ -290,9 +290,21 @@ impl HttpResponse {
 /// A plain HTTP/1.1 GET over a raw TCP stream (`Connection: close`), chunked bodies
 /// decoded. Panics on any I/O error or after [`TIMEOUT`].
 pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    http_get_with(addr, path, &[]).await
+}
+
+/// [`http_get`] with extra request headers, e.g. `("Authorization", "Bearer ...")`.
+pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
     let fetch = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect ops");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to the HTTP listener");
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
         stream
             .write_all(request.as_bytes())
             .await

@@ -1002,16 +1002,21 @@ impl Drop for NetnsDaemon {
 // Python tools from PyPI
 // ---------------------------------------------------------------------------
 
-/// A virtualenv named `name` under the target directory with the pinned `packages`,
-/// made once and reused; returns its `python`. nextest runs each test in its own
-/// process, so a file lock keeps two from building it at once, and a marker written
-/// last makes an interrupted install start again.
+/// The root of a virtualenv under the target directory holding exactly the pinned
+/// `packages` (its programs are in `bin/`), made once and reused. The directory is
+/// named after `name` and a hash of `packages`, so a new pin makes a new virtualenv
+/// instead of reusing a stale one. nextest runs each test in its own process: a file
+/// lock keeps two from building it at once, and a marker written last makes an
+/// interrupted install start again.
 pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    use std::hash::{DefaultHasher, Hash, Hasher};
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let venv = dir.join(name);
+    let mut hasher = DefaultHasher::new();
+    packages.hash(&mut hasher);
+    let venv = dir.join(format!("{name}-venv-{:016x}", hasher.finish()));
     let installed = venv.join(".installed");
     fs::create_dir_all(&dir).expect("create the target's tmp directory");
-    let lock = File::create(dir.join(format!("{name}.lock"))).expect("create the venv lock");
+    let lock = File::create(dir.join(format!("{name}-venv.lock"))).expect("create the venv lock");
     lock.lock().expect("lock the venv");
     if !installed.exists() {
         let _ = fs::remove_dir_all(&venv);
@@ -1027,13 +1032,14 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
         let pip = Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(packages)
-            .status()
+            .output()
             .expect("run pip");
         assert!(
-            pip.success(),
-            "pip install {packages:?} failed (needs PyPI)"
+            pip.status.success(),
+            "pip install {packages:?} failed (needs PyPI):\n{}",
+            String::from_utf8_lossy(&pip.stderr)
         );
         fs::write(&installed, "").expect("mark the venv installed");
     }
-    venv.join("bin/python")
+    venv
 }
