@@ -216,6 +216,33 @@ async fn serial_admin_api_and_cli_explain_the_fleet_as_dns_answers_it() {
         .unwrap_err();
     assert!(bad_type.to_string().contains("BOGUS"), "{bad_type}");
 
+    // Mistakes are named, never silently ignored; the API is read-only.
+    let admin_addr = east.admin_addr.unwrap();
+    for (path, needle) in [
+        ("/v1/clusters?x=1", "unknown field"),
+        ("/v1/services?cluster=East", "East"),
+        ("/v1/services?namespace=Bad_NS", "Bad_NS"),
+        ("/v1/resolve?name=", "name is required"),
+    ] {
+        let r = http_get(admin_addr, path).await;
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert!(r.body.contains(needle), "{path}: {}", r.body);
+        serde_json::from_str::<fleetdns::admin::api::ErrorDoc>(&r.body).expect("a JSON error");
+    }
+    let post = {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+        stream
+            .write_all(b"POST /v1/clusters HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        raw
+    };
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    assert!(post.contains("read-only"), "{post}");
+
     // resolve gives exactly what the DNS server answers.
     for (name, qtype) in [
         ("web.default.svc.fleet.", RecordType::A),

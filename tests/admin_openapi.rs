@@ -381,6 +381,9 @@ fn cases() -> Vec<Case> {
         case(SERVICES, "/v1/services?namespace=nothing-here", 200),
         case(SERVICES, "/v1/services?region=us-east", 400),
         case(SERVICES, "/v1/services?cluster=east&cluster=west", 400),
+        case(SERVICES, "/v1/services?cluster=East", 400),
+        case(SERVICES, "/v1/services?cluster=svc", 400),
+        case(SERVICES, "/v1/services?namespace=", 400),
         case(SERVICE, "/v1/services/default/web", 200),
         case(SERVICE, "/v1/services/shop/db", 200),
         case(SERVICE, "/v1/services/shop/clash", 200),
@@ -390,7 +393,7 @@ fn cases() -> Vec<Case> {
         case(SERVICE, "/v1/services/Default/web", 400),
         case(SERVICE, "/v1/services/default/0web", 400),
         case(SERVICE, "/v1/services/%FF/web", 400),
-        case(RESOLVE, "/v1/resolve?name=", 200),
+        case(RESOLVE, "/v1/resolve?name=", 400),
         case(RESOLVE, "/v1/resolve", 400),
         case(RESOLVE, "/v1/resolve?name=a..fleet", 400),
         case(

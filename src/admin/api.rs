@@ -443,6 +443,11 @@ pub enum ResolveError {
     BadName(String, String),
     #[error("type {0:?} is not a DNS record type such as A, AAAA, SRV or TXT")]
     BadType(String),
+    #[error("name is required")]
+    NoName,
+    /// A reply this server wrote could not be read back: a bug, not bad input.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Answers `name`/`qtype` exactly as the DNS server does from this snapshot (the
@@ -453,6 +458,9 @@ pub fn resolve(
     name: &str,
     qtype: &str,
 ) -> Result<ResolveDoc, ResolveError> {
+    if name.is_empty() {
+        return Err(ResolveError::NoName);
+    }
     let fqdn = if name.ends_with('.') {
         name.to_string()
     } else {
@@ -475,7 +483,7 @@ pub fn resolve(
     query.set_edns(edns);
     let packet = query
         .to_vec()
-        .map_err(|e| ResolveError::BadName(name.to_string(), e.to_string()))?;
+        .map_err(|e| ResolveError::Internal(format!("encoding the query: {e}")))?;
 
     let mut reply = Vec::new();
     let readiness = snap.readiness;
@@ -486,7 +494,7 @@ pub fn resolve(
         .respond(readiness, settings, &packet, Transport::Tcp, &mut reply);
     // Our own writer produced it; a decode failure would be a bug worth showing.
     let message = Message::from_vec(&reply)
-        .map_err(|e| ResolveError::BadName(name.to_string(), format!("reply: {e}")))?;
+        .map_err(|e| ResolveError::Internal(format!("reading our own reply: {e}")))?;
 
     let records = |rs: &[Record]| rs.iter().map(record_doc).collect::<Vec<_>>();
     Ok(ResolveDoc {

@@ -135,6 +135,7 @@ fn router(state: AdminState) -> Router {
         .route("/v1/services/{namespace}/{name}", get(service))
         .route("/v1/resolve", get(resolve))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -176,10 +177,12 @@ fn authorized(request: &Request, token: &str) -> bool {
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {
         return false;
     };
-    let Some(presented) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let Some((scheme, presented)) = value.to_str().ok().and_then(|v| v.split_once(' ')) else {
         return false;
     };
-    constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
+    scheme.eq_ignore_ascii_case("bearer")
+        && constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
 }
 
 /// Compares without returning early, so response time does not tell how much of a
@@ -204,12 +207,33 @@ async fn not_found() -> Response {
     )
 }
 
-async fn clusters(State(state): State<AdminState>) -> Response {
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "the admin API is read-only: GET only".into(),
+    )
+}
+
+/// Endpoints without parameters refuse unknown ones, as the others do: a typo such
+/// as `?namepsace=` must not be silently ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
+
+type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+async fn clusters(State(state): State<AdminState>, query: QueryResult<NoQuery>) -> Response {
+    if let Err(e) = query {
+        return error(StatusCode::BAD_REQUEST, e.body_text());
+    }
     let snap = state.snapshot.load();
     axum::Json(api::clusters(&snap, state.clock.unix_millis())).into_response()
 }
 
-async fn peers(State(state): State<AdminState>) -> Response {
+async fn peers(State(state): State<AdminState>, query: QueryResult<NoQuery>) -> Response {
+    if let Err(e) = query {
+        return error(StatusCode::BAD_REQUEST, e.body_text());
+    }
     axum::Json(api::peers(&state.snapshot.load())).into_response()
 }
 
@@ -220,14 +244,22 @@ struct ServicesQuery {
     cluster: Option<String>,
 }
 
-async fn services(
-    State(state): State<AdminState>,
-    query: Result<Query<ServicesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+async fn services(State(state): State<AdminState>, query: QueryResult<ServicesQuery>) -> Response {
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
+    // A filter that can never match is a mistake worth naming, not an empty list.
+    if let Some(ns) = &q.namespace
+        && let Err(e) = Namespace::parse(ns)
+    {
+        return error(StatusCode::BAD_REQUEST, format!("namespace: {e}"));
+    }
+    if let Some(cluster) = &q.cluster
+        && let Err(e) = crate::model::ClusterId::parse(cluster)
+    {
+        return error(StatusCode::BAD_REQUEST, format!("cluster: {e}"));
+    }
     let snap = state.snapshot.load();
     axum::Json(api::services(
         &snap,
@@ -268,10 +300,7 @@ struct ResolveQuery {
     qtype: Option<String>,
 }
 
-async fn resolve(
-    State(state): State<AdminState>,
-    query: Result<Query<ResolveQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+async fn resolve(State(state): State<AdminState>, query: QueryResult<ResolveQuery>) -> Response {
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -280,6 +309,10 @@ async fn resolve(
     let qtype = q.qtype.as_deref().unwrap_or("A");
     match api::resolve(&snap, state.reply, &q.name, qtype) {
         Ok(doc) => axum::Json(doc).into_response(),
+        Err(e @ api::ResolveError::Internal(_)) => {
+            tracing::error!(error = %e, "admin resolve");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
@@ -378,6 +411,22 @@ mod tests {
         assert_eq!(endpoint_label("/v1/services/default/web"), "service");
         assert_eq!(endpoint_label("/v1/services/"), "services");
         assert_eq!(endpoint_label("/anything/else/10.1.2.3"), "other");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+        let with = |value: &str| {
+            Request::builder()
+                .header(header::AUTHORIZATION, value)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let token = "0123456789abcdef";
+        assert!(authorized(&with("Bearer 0123456789abcdef"), token));
+        assert!(authorized(&with("bearer 0123456789abcdef"), token));
+        assert!(!authorized(&with("Basic 0123456789abcdef"), token));
+        assert!(!authorized(&with("Bearer 0123456789abcdeF"), token));
+        assert!(!authorized(&with("Bearer"), token));
     }
 
     #[test]
