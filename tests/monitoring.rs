@@ -84,7 +84,9 @@ async fn serial_every_metric_the_dashboard_and_rules_use_is_served() {
             .expect("start the demo"),
     );
     let ops = "127.0.0.1:9153".parse().unwrap();
-    // Once east sees the whole fleet live, every series has been written.
+    let admin = "127.0.0.1:8053".parse().unwrap();
+    // Once east sees the whole fleet live (and its admin API has been asked once),
+    // every series has been written.
     let scrape = tokio::time::timeout(TIMEOUT, async {
         loop {
             if let Ok(Ok(r)) = tokio::time::timeout(
@@ -93,9 +95,15 @@ async fn serial_every_metric_the_dashboard_and_rules_use_is_served() {
             )
             .await
                 && metric_value(&r.body, "fleetdns_mesh_clusters{state=\"live\"}") == Some(3.0)
+                && r.body.contains("fleetdns_admin_requests_total{")
             {
                 return r.body;
             }
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::spawn(http_get(admin, "/v1/clusters")),
+            )
+            .await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
