@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::LeaseConfig;
 
+/// How long a replica shutting down tries to release its lease.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Lease counters and the held gauge.
 #[derive(Debug, Clone, Default)]
 pub struct LeaseMetrics {
@@ -157,8 +160,12 @@ pub fn spawn(
         // once instead of after the lease runs out.
         if *tx.borrow() {
             tx.send_replace(false);
-            if let Err(error) = release(&api, &config, &identity).await {
-                tracing::debug!(%error, "lease not released");
+            // Bounded: an API server that does not answer must not hold up shutdown;
+            // the lease then simply runs out.
+            match tokio::time::timeout(RELEASE_TIMEOUT, release(&api, &config, &identity)).await {
+                Ok(Ok(())) => tracing::info!(lease = %config.name, "released the publishing lease"),
+                Ok(Err(error)) => tracing::warn!(%error, "lease not released"),
+                Err(_) => tracing::warn!("lease not released: the API server did not answer"),
             }
         }
     });
