@@ -39,15 +39,36 @@ pub async fn bind(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(OpsState { snapshot, metrics });
-    let serve = async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "ops listener stopped");
-        }
+    let stop = cancel.clone();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    Ok((local, drain(server, cancel, "ops")))
+}
+
+/// How long open HTTP requests may take to finish once the peer stops.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs an HTTP server (with its graceful shutdown on `cancel`) and, once `cancel`
+/// fires, gives open requests [`DRAIN`] to finish: a client that stalls mid-request
+/// must not keep the peer from stopping.
+pub(crate) async fn drain<F>(server: F, cancel: CancellationToken, listener: &'static str)
+where
+    F: std::future::IntoFuture<Output = std::io::Result<()>>,
+{
+    let server = server.into_future();
+    tokio::pin!(server);
+    let deadline = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(DRAIN).await;
     };
-    Ok((local, serve))
+    tokio::select! {
+        result = &mut server => {
+            if let Err(e) = result {
+                tracing::error!(listener, error = %e, "HTTP listener stopped");
+            }
+        }
+        () = deadline => tracing::warn!(listener, "requests still open after the drain; closing them"),
+    }
 }
 
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {

@@ -204,6 +204,13 @@ async fn serial_demo_serves_the_embedded_fleet_and_stops_on_ctrl_c() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // Drain its logs: a full stderr pipe would block the demo on its next log line.
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
     let printed = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
         for line in BufReader::new(stdout).lines() {
@@ -243,11 +250,23 @@ async fn serial_demo_serves_the_embedded_fleet_and_stops_on_ctrl_c() {
 
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "demo exits 0 on Ctrl-C: {status:?}");
+    let pid = child.id() as i32;
+    let exited =
+        tokio::time::timeout(TIMEOUT, tokio::task::spawn_blocking(move || child.wait())).await;
+    let Ok(status) = exited else {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!(
+            "the demo did not stop within {TIMEOUT:?} of Ctrl-C; its log:\n{}",
+            logs.join().unwrap()
+        );
+    };
+    let status = status.unwrap().unwrap();
+    assert!(
+        status.success(),
+        "demo exits 0 on Ctrl-C: {status:?}\n{}",
+        logs.join().unwrap()
+    );
     // The embedded files it wrote to a temporary directory are gone.
     let dir = printed
         .iter()

@@ -60,6 +60,14 @@ impl Drop for Demo {
     fn drop(&mut self) {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        // Bounded: a demo that does not stop must not hang the test run.
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }

@@ -232,3 +232,23 @@ async fn metrics_are_openmetrics_and_count_what_was_served() {
     assert!(counted.is_ok(), "the broken edit was never counted");
     assert_eq!(answers(&udp(peer.dns, &web).await), vec!["10.96.0.10"]);
 }
+
+/// A client stalled in the middle of a request does not keep the peer from stopping:
+/// open HTTP requests get a bounded drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http_client_does_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt as _;
+    let peer = TestPeer::start("east", &[("east", "services: []\n")], "").await;
+    let mut stalled = tokio::net::TcpStream::connect(peer.ops()).await.unwrap();
+    stalled
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The request is in the server's hands (half its headers read) before the stop.
+    assert_eq!(http_get(peer.ops(), "/healthz").await.status, 200);
+    let TestPeer { app, dir, .. } = peer;
+    tokio::time::timeout(std::time::Duration::from_secs(20), app.shutdown())
+        .await
+        .expect("shutdown finished despite the stalled client");
+    drop((stalled, dir));
+}

@@ -107,21 +107,18 @@ pub async fn bind(
     let app = router(state);
     let tls = settings.tls;
     let serve = async move {
-        let stopped = async move { cancel.cancelled().await };
-        let result = match tls {
+        let stop = cancel.clone();
+        let stopped = async move { stop.cancelled().await };
+        match tls {
             None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
+                let server = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                crate::ops::drain(server, cancel, "admin").await;
             }
             Some(config) => {
-                axum::serve(tls::TlsListener::new(listener, config), app)
-                    .with_graceful_shutdown(stopped)
-                    .await
+                let server = axum::serve(tls::TlsListener::new(listener, config), app)
+                    .with_graceful_shutdown(stopped);
+                crate::ops::drain(server, cancel, "admin").await;
             }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "admin listener stopped");
         }
     };
     Ok((local, serve))
