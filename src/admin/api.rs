@@ -48,6 +48,9 @@ pub struct ClusterDoc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaDoc {
     pub node_id: String,
+    /// The mesh's failure detector counts it alive. (The cluster's `state` is decided
+    /// by its replicas' signed stamps, so it may turn unreachable a moment before
+    /// this turns false.)
     pub live: bool,
     pub role: Option<Role>,
     pub version: Option<String>,
