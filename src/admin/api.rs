@@ -610,24 +610,10 @@ pub fn explain(snap: &Snapshot, qname: &Name) -> Explanation {
             out.kind = "cluster".into();
             cluster_reason(&mut out, view.clusters.get(&id), &id);
         }
-        Some(FleetName::Service { tree, key }) | Some(FleetName::Srv { tree, key, .. }) => {
-            let srv = matches!(FleetName::parse(&under), Some(FleetName::Srv { .. }));
-            match tree {
-                Tree::Merged => {
-                    out.kind = if srv { "merged-srv" } else { "merged-service" }.into();
-                    explain_merged(&mut out, snap, &key);
-                }
-                Tree::Cluster(id) => {
-                    out.kind = if srv {
-                        "cluster-srv"
-                    } else {
-                        "cluster-service"
-                    }
-                    .into();
-                    explain_in_cluster(&mut out, view.clusters.get(&id), &id, &key);
-                }
-            }
+        Some(FleetName::Service { tree, key }) => {
+            explain_service(&mut out, snap, tree, &key, false)
         }
+        Some(FleetName::Srv { tree, key, .. }) => explain_service(&mut out, snap, tree, &key, true),
         Some(FleetName::Endpoint { cluster, key, host }) => {
             out.kind = "endpoint".into();
             explain_in_cluster(&mut out, view.clusters.get(&cluster), &cluster, &key);
@@ -637,6 +623,31 @@ pub fn explain(snap: &Snapshot, qname: &Name) -> Explanation {
         }
     }
     out
+}
+
+/// A service name or its SRV names, merged or per cluster.
+fn explain_service(
+    out: &mut Explanation,
+    snap: &Snapshot,
+    tree: Tree,
+    key: &ServiceKey,
+    srv: bool,
+) {
+    match tree {
+        Tree::Merged => {
+            out.kind = if srv { "merged-srv" } else { "merged-service" }.into();
+            explain_merged(out, snap, key);
+        }
+        Tree::Cluster(id) => {
+            out.kind = if srv {
+                "cluster-srv"
+            } else {
+                "cluster-service"
+            }
+            .into();
+            explain_in_cluster(out, snap.view.clusters.get(&id), &id, key);
+        }
+    }
 }
 
 fn cluster_reason(out: &mut Explanation, cluster: Option<&ClusterView>, id: &ClusterId) {
