@@ -452,15 +452,6 @@ fn marker_version(view: &SourceView, cluster: &ClusterId) -> Option<u64> {
     }
 }
 
-fn state_name(state: ClusterState) -> &'static str {
-    match state {
-        ClusterState::Live => "live",
-        ClusterState::Unreachable => "unreachable",
-        ClusterState::Withdrawn => "withdrawn",
-        ClusterState::Pending => "pending",
-    }
-}
-
 /// Resident set (KiB) and user+system CPU ticks of this process.
 fn proc_usage() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -589,7 +580,7 @@ fn worker(spec: &Path) {
                         {
                             say(&out, format!("ver {i} {idx} {version} {ms}"));
                         }
-                        let state = state_name(input.state);
+                        let state = input.state.as_str();
                         if states.insert(idx, state) != Some(state) {
                             say(&out, format!("state {i} {idx} {state} {ms}"));
                         }

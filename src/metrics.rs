@@ -91,6 +91,12 @@ const fn qtype_index(qtype: u16) -> usize {
     }
 }
 
+/// The RFC mnemonic of a full 12-bit rcode as dig prints it (`NOERROR`, `NXDOMAIN`,
+/// ...); `OTHER` for one fleetdns never sends.
+pub fn rcode_label(rcode: u16) -> &'static str {
+    RCODE_LABELS[rcode_index(rcode)]
+}
+
 /// Index into [`RCODE_LABELS`] for a full 12-bit rcode (header rcode plus the
 /// EDNS extended bits); anything not listed is OTHER.
 const fn rcode_index(rcode: u16) -> usize {

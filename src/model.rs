@@ -293,6 +293,16 @@ pub enum AddressKind {
 }
 
 impl AddressKind {
+    /// The spelling of the services file, the annotation and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::ClusterIp => "clusterip",
+            Self::Endpoints => "endpoints",
+            Self::None => "none",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "ingress" => Some(Self::Ingress),
@@ -316,6 +326,14 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// The spelling of the services file, the annotation and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LocalPreferred => "local-preferred",
+            Self::All => "all",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "local-preferred" => Some(Self::LocalPreferred),

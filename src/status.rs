@@ -73,6 +73,17 @@ pub enum Role {
     Decommissioned,
 }
 
+impl Role {
+    /// As serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Publisher => "publisher",
+            Self::Standby => "standby",
+            Self::Decommissioned => "decommissioned",
+        }
+    }
+}
+
 /// One cluster's mesh facts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ClusterMesh {

@@ -35,6 +35,23 @@ pub enum ClusterState {
 }
 
 impl ClusterState {
+    pub const ALL: [Self; 4] = [
+        Self::Live,
+        Self::Unreachable,
+        Self::Withdrawn,
+        Self::Pending,
+    ];
+
+    /// The name the admin API, the CLI and the metric labels use (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Unreachable => "unreachable",
+            Self::Withdrawn => "withdrawn",
+            Self::Pending => "pending",
+        }
+    }
+
     /// Whether the cluster's names are in the zone (possibly as stale data).
     pub fn has_names(self) -> bool {
         matches!(self, Self::Live | Self::Unreachable)

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dns::index::{ReplySettings, Transport};
 use crate::dns::names::{FleetName, Tree};
-use crate::model::{ClusterId, ServiceKey};
+use crate::model::{AddressKind, ClusterId, ServiceKey};
 use crate::snapshot::Snapshot;
 use crate::status::Role;
 use crate::view::{ClusterState, ClusterView, Refusal, Served, ServedService};
@@ -354,7 +354,7 @@ pub fn service(snap: &Snapshot, key: &ServiceKey) -> Option<ServiceOneDoc> {
 
 fn service_doc(snap: &Snapshot, key: &ServiceKey, cluster: Option<&str>) -> ServiceDoc {
     let merged = snap.view.merged.get(key).map(|m| MergedDoc {
-        policy: policy_name(m.policy),
+        policy: m.policy.as_str().to_string(),
         contributing: m.contributing.iter().map(ToString::to_string).collect(),
         chosen: m.chosen.iter().map(ToString::to_string).collect(),
         stale: m.stale,
@@ -374,18 +374,11 @@ fn service_doc(snap: &Snapshot, key: &ServiceKey, cluster: Option<&str>) -> Serv
     }
 }
 
-fn policy_name(policy: crate::model::Policy) -> String {
-    match policy {
-        crate::model::Policy::LocalPreferred => "local-preferred".into(),
-        crate::model::Policy::All => "all".into(),
-    }
-}
-
 fn in_cluster(cluster: &ClusterView, served: &ServedService) -> ServiceInClusterDoc {
     let export = &served.export;
     let (mode, reason) = match &served.served {
-        Served::Vip { kind, .. } => (address_kind_name(*kind), None),
-        Served::Endpoints { .. } => ("endpoints".to_string(), None),
+        Served::Vip { kind, .. } => (kind.as_str().to_string(), None),
+        Served::Endpoints { .. } => (AddressKind::Endpoints.as_str().to_string(), None),
         Served::Nothing { reason } => ("none".to_string(), Some(*reason)),
     };
     ServiceInClusterDoc {
@@ -426,17 +419,6 @@ fn in_cluster(cluster: &ClusterView, served: &ServedService) -> ServiceInCluster
             .collect(),
         ready: export.ready_count(),
     }
-}
-
-fn address_kind_name(kind: crate::model::AddressKind) -> String {
-    use crate::model::AddressKind;
-    match kind {
-        AddressKind::Ingress => "ingress",
-        AddressKind::ClusterIp => "clusterip",
-        AddressKind::Endpoints => "endpoints",
-        AddressKind::None => "none",
-    }
-    .to_string()
 }
 
 /// Why `/v1/resolve` refused a request.
@@ -504,7 +486,7 @@ pub fn resolve(
         generation: snap.generation,
         name: qname.to_ascii().to_ascii_lowercase(),
         qtype: rtype.to_string(),
-        rcode: rcode_name(u16::from(message.metadata.response_code)),
+        rcode: crate::metrics::rcode_label(u16::from(message.metadata.response_code)).to_string(),
         flags: FlagsDoc {
             aa: message.metadata.authoritative,
             tc: message.metadata.truncation,
@@ -518,19 +500,6 @@ pub fn resolve(
         udp_truncated,
         explanation: explain(snap, &qname),
     })
-}
-
-/// The RFC mnemonic dig prints (`NOERROR`, `NXDOMAIN`, ...).
-fn rcode_name(code: u16) -> String {
-    match code {
-        0 => "NOERROR".into(),
-        1 => "FORMERR".into(),
-        2 => "SERVFAIL".into(),
-        3 => "NXDOMAIN".into(),
-        4 => "NOTIMP".into(),
-        5 => "REFUSED".into(),
-        other => format!("RCODE{other}"),
-    }
 }
 
 fn record_doc(r: &Record) -> RecordDoc {
@@ -694,18 +663,18 @@ fn explain_in_cluster(
         Served::Nothing { reason } => {
             out.skipped.push(SkippedDoc {
                 cluster: id.to_string(),
-                reason: refusal_name(*reason),
+                reason: reason.as_str().to_string(),
             });
             out.reasons.push(format!(
                 "{key} in {id} has no names here: {}",
-                refusal_name(*reason)
+                reason.as_str()
             ));
         }
         Served::Vip { kind, addresses } => {
             out.contributed.push(id.to_string());
             out.reasons.push(format!(
                 "{key} in {id} answers its {} addresses {addresses:?}",
-                address_kind_name(*kind)
+                kind.as_str()
             ));
         }
         Served::Endpoints { endpoints } => {
@@ -719,7 +688,7 @@ fn explain_in_cluster(
     for (address, reason) in &served.refused {
         out.reasons.push(format!(
             "address {address} is not served: {}",
-            refusal_name(*reason)
+            reason.as_str()
         ));
     }
 }
@@ -728,11 +697,11 @@ fn explain_merged(out: &mut Explanation, snap: &Snapshot, key: &ServiceKey) {
     let view = &snap.view;
     let merged = view.merged.get(key);
     if let Some(m) = merged {
-        out.policy = Some(policy_name(m.policy));
+        out.policy = Some(m.policy.as_str().to_string());
         out.contributed = m.chosen.iter().map(ToString::to_string).collect();
         out.reasons.push(format!(
             "policy {}: clusters {:?} contribute, {:?} chosen",
-            policy_name(m.policy),
+            m.policy.as_str(),
             m.contributing
                 .iter()
                 .map(ClusterId::as_str)
@@ -757,7 +726,7 @@ fn explain_merged(out: &mut Explanation, snap: &Snapshot, key: &ServiceKey) {
             continue;
         }
         let reason = match (&served.served, cluster.state) {
-            (Served::Nothing { reason }, _) => refusal_name(*reason),
+            (Served::Nothing { reason }, _) => reason.as_str().to_string(),
             (_, ClusterState::Withdrawn | ClusterState::Pending) => "not-live".into(),
             (_, ClusterState::Unreachable) if !merged.is_some_and(|m| m.stale) => "not-live".into(),
             _ if served.export.ready_count() == 0 => "no-ready-endpoint".into(),
@@ -768,8 +737,4 @@ fn explain_merged(out: &mut Explanation, snap: &Snapshot, key: &ServiceKey) {
             reason,
         });
     }
-}
-
-fn refusal_name(reason: Refusal) -> String {
-    reason.as_str().to_string()
 }

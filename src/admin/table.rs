@@ -6,7 +6,6 @@
 use std::fmt::Write as _;
 
 use super::api::{ClustersDoc, PeersDoc, RecordDoc, ResolveDoc, ServiceDoc, ServicesDoc};
-use crate::view::ClusterState;
 
 /// Columns padded to their widest cell, two spaces apart; the last is not padded.
 fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -37,15 +36,6 @@ fn or_dash(s: Option<String>) -> String {
     s.unwrap_or_else(|| "-".into())
 }
 
-fn state_name(state: ClusterState) -> &'static str {
-    match state {
-        ClusterState::Live => "live",
-        ClusterState::Unreachable => "unreachable",
-        ClusterState::Withdrawn => "withdrawn",
-        ClusterState::Pending => "pending",
-    }
-}
-
 /// An age in seconds as `12s`, `5m`, `3h`.
 fn age(seconds: f64) -> String {
     let s = seconds.max(0.0) as u64;
@@ -66,8 +56,8 @@ pub fn clusters(doc: &ClustersDoc, now_ms: u64) -> String {
                 .state_since_ms
                 .map(|ms| age(now_ms.saturating_sub(ms) as f64 / 1000.0));
             let state = match since {
-                Some(since) => format!("{} ({since})", state_name(c.state)),
-                None => state_name(c.state).to_string(),
+                Some(since) => format!("{} ({since})", c.state.as_str()),
+                None => c.state.as_str().to_string(),
             };
             let replicas = c
                 .replicas
@@ -158,7 +148,7 @@ pub fn peers(doc: &PeersDoc) -> String {
                 p.address.to_string(),
                 if p.live { "live" } else { "dead" }.into(),
                 or_dash(p.cluster.clone()),
-                or_dash(p.role.map(|r| format!("{r:?}").to_lowercase())),
+                or_dash(p.role.map(|r| r.as_str().to_string())),
                 or_dash(p.version.clone()),
                 p.generation.to_string(),
             ]
@@ -226,7 +216,7 @@ fn service_rows(s: &ServiceDoc, rows: &mut Vec<Vec<String>>) {
         rows.push(vec![
             String::new(),
             c.cluster.clone(),
-            state_name(c.state).into(),
+            c.state.as_str().into(),
             c.mode.clone(),
             served,
             format!("{}/{}", c.ready, c.endpoints.len()),
@@ -355,6 +345,7 @@ mod tests {
         ClusterDoc, EdeDoc, Explanation, FlagsDoc, ReplicaDoc, RootDoc, SkippedDoc,
     };
     use crate::status::Role;
+    use crate::view::ClusterState;
 
     #[test]
     fn columns_align_to_the_widest_cell() {

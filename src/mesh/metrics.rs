@@ -27,14 +27,6 @@ use crate::view::ClusterState;
 
 type StateLabels = [(&'static str, &'static str); 1];
 
-/// Cluster states as metric label values.
-const CLUSTER_STATES: [(ClusterState, &str); 4] = [
-    (ClusterState::Live, "live"),
-    (ClusterState::Unreachable, "unreachable"),
-    (ClusterState::Withdrawn, "withdrawn"),
-    (ClusterState::Pending, "pending"),
-];
-
 /// Propagation buckets in seconds: sub-second gossip-on-change up to anti-entropy
 /// rounds on a large or partitioned mesh.
 const PROPAGATION_BUCKETS: [f64; 12] = [
@@ -120,8 +112,8 @@ impl MeshMetrics {
             members.get_or_create_owned(&[("state", state)]);
         }
         let clusters = Family::<StateLabels, Gauge>::default();
-        for (_, state) in CLUSTER_STATES {
-            clusters.get_or_create_owned(&[("state", state)]);
+        for state in ClusterState::ALL {
+            clusters.get_or_create_owned(&[("state", state.as_str())]);
         }
         Self {
             members,
@@ -157,15 +149,15 @@ impl MeshMetrics {
     }
 
     pub fn set_clusters(&self, states: impl IntoIterator<Item = ClusterState>) {
-        let mut counts = [0usize; CLUSTER_STATES.len()];
+        let mut counts = [0usize; ClusterState::ALL.len()];
         for state in states {
-            if let Some(i) = CLUSTER_STATES.iter().position(|(s, _)| *s == state) {
+            if let Some(i) = ClusterState::ALL.iter().position(|s| *s == state) {
                 counts[i] += 1;
             }
         }
-        for ((_, label), count) in CLUSTER_STATES.iter().zip(counts) {
+        for (state, count) in ClusterState::ALL.iter().zip(counts) {
             self.clusters
-                .get_or_create(&[("state", label)])
+                .get_or_create(&[("state", state.as_str())])
                 .set(gauge(count));
         }
     }
