@@ -168,7 +168,11 @@ impl App {
         };
         let admin_addr = match (&config.admin, admin_metrics) {
             (Some(admin), Some(admin_metrics)) => {
-                let token = admin.token.as_ref().map(|t| t.read()).transpose()?;
+                let token = admin
+                    .token
+                    .as_ref()
+                    .map(crate::admin::read_token)
+                    .transpose()?;
                 let tls = admin
                     .tls
                     .as_ref()
@@ -555,7 +559,7 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<CheckSummary> {
     }
     if let Some(admin) = &config.admin {
         if let Some(token) = &admin.token {
-            token.read()?;
+            crate::admin::read_token(token)?;
         }
         lines.push(format!("admin API on {}", admin.listen));
     }

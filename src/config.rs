@@ -196,39 +196,16 @@ pub struct AdminConfig {
 }
 
 /// Where the admin token comes from: inline (usually `${ENV}`) or a file (a mounted
-/// Secret), read when the API starts.
+/// Secret), read when the API starts (`admin::read_token`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminToken {
     Value(String),
     File(PathBuf),
 }
 
-impl AdminToken {
-    /// The token, read from its file if it has one, and checked.
-    pub fn read(&self) -> Result<String, ConfigError> {
-        let (token, key) = match self {
-            Self::Value(t) => (t.clone(), "admin.token".to_string()),
-            Self::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
-                    path: path.display().to_string(),
-                    error,
-                })?;
-                (
-                    text.trim().to_string(),
-                    format!("admin.token_file ({})", path.display()),
-                )
-            }
-        };
-        check_token(&token).map_err(|message| ConfigError::Invalid {
-            path: "config".into(),
-            key,
-            message,
-        })?;
-        Ok(token)
-    }
-}
-
-fn check_token(token: &str) -> Result<(), String> {
+/// Whether a token is one the admin API accepts (the file source of a token is read,
+/// and checked with this, by the admin listener at start).
+pub fn check_token(token: &str) -> Result<(), String> {
     if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
         return Err("must be at least 16 printable characters without spaces".into());
     }
@@ -1171,24 +1148,6 @@ mod tests {
             let err = parse(&format!("{MINIMAL}admin: {bad}\n")).unwrap_err();
             assert!(err.to_string().contains(key), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn admin_token_files_are_read_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
-        assert_eq!(
-            AdminToken::File(path.clone()).read().unwrap(),
-            "0123456789abcdef0123"
-        );
-        std::fs::write(&path, "short\n").unwrap();
-        let err = AdminToken::File(path.clone()).read().unwrap_err();
-        assert!(err.to_string().contains("token_file"), "{err}");
-        let missing = AdminToken::File(dir.path().join("nope"))
-            .read()
-            .unwrap_err();
-        assert!(missing.to_string().contains("nope"), "{missing}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::config::{AdminToken, ConfigError};
 use crate::dns::index::ReplySettings;
 use crate::model::{Namespace, ServiceKey, ServiceName};
 use crate::snapshot::SharedSnapshot;
@@ -63,6 +64,27 @@ impl AdminMetrics {
             ])
             .inc();
     }
+}
+
+/// The admin token, read from its file if it has one (a mounted Secret), and checked.
+pub fn read_token(token: &AdminToken) -> Result<String, ConfigError> {
+    let (value, key) = match token {
+        AdminToken::Value(t) => (t.clone(), "admin.token".to_string()),
+        AdminToken::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+                path: path.display().to_string(),
+                error,
+            })?;
+            let key = format!("admin.token_file ({})", path.display());
+            (text.trim().to_string(), key)
+        }
+    };
+    crate::config::check_token(&value).map_err(|message| ConfigError::Invalid {
+        path: "config".into(),
+        key,
+        message,
+    })?;
+    Ok(value)
 }
 
 /// What the handlers share.
@@ -401,6 +423,22 @@ mod tls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_token_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        assert_eq!(
+            read_token(&AdminToken::File(path.clone())).unwrap(),
+            "0123456789abcdef0123"
+        );
+        std::fs::write(&path, "short\n").unwrap();
+        let err = read_token(&AdminToken::File(path.clone())).unwrap_err();
+        assert!(err.to_string().contains("token_file"), "{err}");
+        let missing = read_token(&AdminToken::File(dir.path().join("nope"))).unwrap_err();
+        assert!(missing.to_string().contains("nope"), "{missing}");
+    }
 
     #[test]
     fn endpoint_labels_are_bounded() {
