@@ -14,7 +14,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde::Deserialize as _;
 use serde_yaml::Value;
@@ -444,7 +444,6 @@ print(json.dumps(rows))
 type Row = (String, String, String, String);
 
 fn validate(inputs: &[(String, String)]) -> Vec<Row> {
-    use std::io::Write as _;
     let python = validator_python();
     let sources: Vec<Value> = inputs
         .iter()
@@ -455,26 +454,11 @@ fn validate(inputs: &[(String, String)]) -> Vec<Row> {
             Value::Mapping(m)
         })
         .collect();
-    let mut child = Command::new(python)
-        .args(["-c", VALIDATE, KUBERNETES_VERSION])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_yaml::to_string(&sources).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the validator failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_yaml::from_slice(&out.stdout).expect("the validator's JSON")
+    let mut command = Command::new(python);
+    command.args(["-c", VALIDATE, KUBERNETES_VERSION]);
+    let input = serde_yaml::to_string(&sources).unwrap();
+    let out = support::filter_through(command, input.as_bytes(), "the validator");
+    serde_yaml::from_slice(&out).expect("the validator's JSON")
 }
 
 /// Objects that strict validation must refuse, so that a validator that lets
@@ -1321,21 +1305,12 @@ fn nodelocal_dns_cache_stub_domains_forward_the_fleet_zone() {
     assert_eq!(text(&cm["metadata"]["name"]), "kube-dns");
     let json = text(&cm["data"]["stubDomains"]);
     // node-cache parses it as JSON, which is stricter than the YAML parser below.
-    let strict = Command::new("python3")
-        .args(["-c", "import json, sys; json.load(sys.stdin)"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(json.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("run python3");
-    assert!(
-        strict.status.success(),
-        "stubDomains is not JSON: {}",
-        String::from_utf8_lossy(&strict.stderr)
+    let mut strict = Command::new("python3");
+    strict.args(["-c", "import json, sys; json.load(sys.stdin)"]);
+    support::filter_through(
+        strict,
+        json.as_bytes(),
+        "stubDomains as JSON (python3's json)",
     );
     let stubs: Value = serde_yaml::from_str(json).unwrap();
     let zone = zone();

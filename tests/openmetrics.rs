@@ -6,7 +6,7 @@ mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{Q, TestPeer, answers, demo_files, tcp, udp};
 use hickory_proto::rr::RecordType;
@@ -32,28 +32,15 @@ type Sample = (String, Vec<(String, String)>, f64);
 /// Every sample of an exposition, by the strict parser (which refuses a malformed
 /// exposition, so a parse is itself the format check).
 fn parse(python: &Path, exposition: &str) -> Vec<Sample> {
-    use std::io::Write;
-    let mut child = Command::new(python)
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the OpenMetrics parser refused /metrics: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut command = Command::new(python);
+    command.args(["-c", PARSE]);
+    let stdout = support::filter_through(
+        command,
+        exposition.as_bytes(),
+        "the OpenMetrics parser (refusing /metrics)",
     );
     let rows: Vec<(String, std::collections::BTreeMap<String, String>, f64)> =
-        serde_yaml::from_slice(&out.stdout).expect("the parser's JSON");
+        serde_yaml::from_slice(&stdout).expect("the parser's JSON");
     rows.into_iter()
         .map(|(name, labels, value)| (name, labels.into_iter().collect(), value))
         .collect()

@@ -1043,3 +1043,28 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
     }
     venv
 }
+
+/// Runs `command` with `input` on its stdin and returns its stdout, panicking with
+/// its stderr (under `what`) if it fails.
+pub fn filter_through(mut command: Command, input: &[u8], what: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    // Written from a thread: a child that answers before reading everything would
+    // otherwise deadlock against a full stdout pipe.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("wait for the child");
+    let _ = writer.join();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
