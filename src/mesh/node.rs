@@ -585,7 +585,7 @@ impl Node {
         let lifetime =
             u64::try_from(self.settings.stamp_lifetime().as_millis()).unwrap_or(u64::MAX);
         let me = self.params.node_id.as_str();
-        let lower = match &self.params.election {
+        let defer_to = match &self.params.election {
             Election::Lease(held) => (!*held.borrow()).then(|| "the lease holder".to_string()),
             Election::LowestNodeId => self
                 .observer
@@ -597,7 +597,7 @@ impl Node {
                 })
                 .map(|(node, _)| node.to_string()),
         };
-        let role = if lower.is_some() {
+        let role = if defer_to.is_some() {
             RootRole::Standby
         } else {
             RootRole::Publisher
@@ -610,7 +610,7 @@ impl Node {
         let changed = self.publisher.role() != Some(role) || raised;
         if changed {
             if self.publisher.role().is_some() {
-                tracing::info!(role = ?role, lower_replica = ?lower, epoch = self.publisher.epoch(), "publisher role changed");
+                tracing::info!(role = ?role, publisher = ?defer_to, epoch = self.publisher.epoch(), "publisher role changed");
             }
             self.write_role(state, role);
         }
